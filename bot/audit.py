@@ -1,0 +1,156 @@
+"""The audit runner: read targets from the directory, judge them, store the run as it goes.
+
+>>> run = run_audit(settings, store, open_directory=sample, trigger="cli")  # doctest: +SKIP
+>>> run["status"], run["warning"]  # doctest: +SKIP
+('succeeded', 7)
+
+Every run is recorded first as ``running``, then ``succeeded`` or ``failed``: a directory that
+goes down halfway gives a failed run with the reason, never an "all clear". Targets are stored in
+batches while the search streams, so memory does not grow with the forest.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bot.config import ConfigError, Settings
+from bot.directory import Directory, DirectoryError, Target
+from bot.rules import judge
+from storage import StorageError, Store
+from storage import audits as audit_store
+
+BATCH = 500
+OpenDirectory = Callable[[], Directory]
+Progress = Callable[[int], None]
+# (target key, judged row) -> the verdict and reason to store instead, or None; waivers use it
+Override = Callable[[dict[str, Any]], tuple[str, str] | None]
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a run covers: everything, one server (by name) or one target (by DN)."""
+
+    kind: str = "full"
+    value: str | None = None
+
+    @property
+    def label(self) -> str:
+        return "full" if self.kind == "full" else f"{self.kind}:{self.value}"
+
+
+FULL = Scope()
+
+
+class AuditFailed(Exception):
+    """The run was recorded as failed; ``run`` is its row and the message says why."""
+
+    def __init__(self, message: str, run: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+class NoSuchServer(Exception):
+    """No Exchange server has that name in the directory."""
+
+
+def exempt_reason(settings: Settings, target: Target, sbs_hosts: frozenset[str]) -> str | None:
+    """``"configured"``, ``"sbs"`` or ``None`` for the server a target sits on."""
+    if settings.is_exempt(target.server):
+        return "configured"
+    if target.fqdn and target.fqdn in sbs_hosts:
+        return "sbs"
+    return None
+
+
+def target_row(target: Target, exempt: str | None) -> dict[str, Any]:
+    """The stored (and JSON) form of one judged target."""
+    result = judge(target.kind, target.raw_flags, exempt)
+    return {
+        "target_key": target.key,
+        "server": target.server,
+        "kind": target.kind,
+        "name": target.name,
+        "dn": target.dn,
+        "flags": result.flags,
+        "raw_flags": list(target.raw_flags),
+        "basic_auth": result.basic_auth,
+        "tls_required": result.tls_required,
+        "verdict": result.verdict,
+        "reason": result.reason,
+        "severity": result.severity,
+        "version": target.version,
+        "fqdn": target.fqdn,
+    }
+
+
+def _targets(directory: Directory, scope: Scope) -> Iterator[Target]:
+    if scope.kind == "full":
+        yield from directory.iter_targets()
+    elif scope.kind == "server":
+        servers = directory.find_servers(scope.value or "")
+        if not servers:
+            raise NoSuchServer(scope.value)
+        for server in servers:
+            yield from directory.iter_targets(base=server.dn)
+    elif scope.kind == "target":
+        target = directory.read_target(scope.value or "")
+        if target is not None:
+            yield target
+    else:  # pragma: no cover - programming error
+        raise ValueError(scope.kind)
+
+
+def run_audit(
+    settings: Settings,
+    store: Store,
+    open_directory: OpenDirectory,
+    trigger: str,
+    requested_by: str | None = None,
+    scope: Scope = FULL,
+    progress: Progress | None = None,
+    override: Override | None = None,
+) -> dict[str, Any]:
+    """Run one audit and return its stored run row; raise :class:`AuditFailed` when it fails.
+
+    ``open_directory`` connects (it is called after the run is recorded, so a refused bind is a
+    failed run too). ``override`` may replace a verdict (waivers) before the row is stored.
+    """
+    run_id = audit_store.start_run(store, trigger, requested_by, scope.label)
+    counts: Counter[str] = Counter()
+    try:
+        with open_directory() as directory:
+            sbs = directory.sbs_hostnames()
+            batch: list[dict[str, Any]] = []
+            for target in _targets(directory, scope):
+                row = target_row(target, exempt_reason(settings, target, sbs))
+                if override is not None:
+                    replaced = override(row)
+                    if replaced is not None:
+                        row["verdict"], row["reason"] = replaced
+                counts[row["verdict"]] += 1
+                batch.append(row)
+                if len(batch) >= BATCH:
+                    audit_store.add_targets(store, run_id, batch)
+                    batch = []
+                if progress is not None:
+                    progress(counts.total())
+            if batch:
+                audit_store.add_targets(store, run_id, batch)
+    except (DirectoryError, ConfigError, StorageError, NoSuchServer, OSError) as exc:
+        message = f"no Exchange server named {exc}" if isinstance(exc, NoSuchServer) else str(exc)
+        run = audit_store.finish_run(store, run_id, "failed", error=message, counts=counts)
+        raise AuditFailed(message, run) from exc
+    except BaseException as exc:
+        # anything unexpected: still never leave the run looking like it is running or clean
+        audit_store.finish_run(
+            store,
+            run_id,
+            "failed",
+            error=f"internal error: {exc.__class__.__name__}",
+            counts=counts,
+        )
+        raise
+    return audit_store.finish_run(store, run_id, "succeeded", counts=counts)

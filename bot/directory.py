@@ -1,0 +1,517 @@
+"""Directory access: connect to AD or the sample, find Exchange SMTP targets, read and write flags.
+
+All LDAP lives here. Searches are paged (500 entries a page) and streamed: the caller gets one
+:class:`Target` at a time and memory does not grow with the size of the forest.
+
+>>> with connect(settings) as directory:          # doctest: +SKIP
+...     for target in directory.iter_targets():
+...         print(target.server, target.kind, target.raw_flags)
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from ldap3 import (
+    ANONYMOUS,
+    BASE,
+    MODIFY_ADD,
+    MODIFY_DELETE,
+    NONE,
+    SIMPLE,
+    SUBTREE,
+    Connection,
+    Server,
+    Tls,
+)
+from ldap3.core import exceptions as ldap_errors
+from ldap3.utils.conv import escape_filter_chars
+from ldap3.utils.dn import parse_dn
+
+from bot.config import ConfigError, Settings
+from bot.rules import KIND_BY_CLASS, KINDS
+
+PAGE_SIZE = 500
+SERVER_CLASS = "msexchexchangeserver"
+SERVER_CACHE_SIZE = 2048
+TARGET_ATTRIBUTES = ["objectClass", "cn", "adminDisplayName"] + [
+    k.attribute for k in KINDS.values()
+]
+SERVER_ATTRIBUTES = ["objectClass", "cn", "serialNumber", "versionNumber", "networkAddress"]
+AUDIT_FILTER = "(|{})".format(
+    "".join(f"(objectClass={c})" for c in [k.object_class for k in KINDS.values()])
+    + "(objectClass=msExchExchangeServer)"
+)
+SBS_FILTER = "(&(objectClass=computer)(operatingSystem=*Small Business Server*))"
+RESULT_SUCCESS = 0
+
+
+class DirectoryError(Exception):
+    """The directory could not be used (unreachable, bind refused, search failed). Exit code 2."""
+
+
+class WriteRefused(DirectoryError):
+    """A modify that the directory refused; ``code`` is the LDAP result code."""
+
+    def __init__(self, message: str, code: int | None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The ``msExchExchangeServer`` object a target sits under."""
+
+    dn: str
+    name: str
+    version: str | None
+    version_number: int | None
+    fqdn: str | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One SMTP virtual server or receive connector, as read from the directory."""
+
+    kind: str
+    dn: str
+    key: str
+    name: str
+    server: str
+    raw_flags: tuple[object, ...]
+    server_info: ServerInfo | None
+
+    @property
+    def version(self) -> str | None:
+        return self.server_info.version if self.server_info else None
+
+    @property
+    def fqdn(self) -> str | None:
+        return self.server_info.fqdn if self.server_info else None
+
+
+def dn_key(dn: str) -> str:
+    """A DN normalised for comparison: ``CN=A,CN=B`` and ``cn=a, cn=b`` give the same key."""
+    return ",".join(f"{attr.lower()}={value.lower()}" for attr, value, _ in parse_dn(dn))
+
+
+def server_of(dn: str) -> tuple[str, str] | None:
+    """``(server name, server DN)`` for a DN under ``CN=<server>,CN=Servers,...``, else ``None``."""
+    parts = parse_dn(dn, escape=False)
+    for index in range(1, len(parts)):
+        if parts[index][0].lower() == "cn" and parts[index][1].lower() == "servers":
+            name = _unescape(parts[index - 1][1])
+            server_dn = ",".join(f"{a}={v}" for a, v, _ in parts[index - 1 :])
+            return name, server_dn
+    return None
+
+
+def _unescape(value: str) -> str:
+    """Undo RFC 4514 escaping of one RDN value (``EX\\2C01`` or ``EX\\,01`` -> ``EX,01``)."""
+    if "\\" not in value:
+        return value
+    out, i, raw = [], 0, bytearray()
+    while i < len(value):
+        if value[i] == "\\" and i + 2 < len(value) + 1:
+            pair = value[i + 1 : i + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                raw.append(int(pair, 16))
+                i += 3
+                continue
+            if raw:
+                out.append(raw.decode("utf-8", "replace"))
+                raw.clear()
+            out.append(value[i + 1 : i + 2])
+            i += 2
+            continue
+        if raw:
+            out.append(raw.decode("utf-8", "replace"))
+            raw.clear()
+        out.append(value[i])
+        i += 1
+    if raw:
+        out.append(raw.decode("utf-8", "replace"))
+    return "".join(out)
+
+
+def _first(values: object) -> object | None:
+    if isinstance(values, (list, tuple)):
+        return values[0] if values else None
+    return values if values not in ("", None) else None
+
+
+def _fqdn(network_addresses: object) -> str | None:
+    values = network_addresses if isinstance(network_addresses, (list, tuple)) else []
+    for value in values:
+        text = value.decode() if isinstance(value, bytes) else str(value)
+        if text.lower().startswith("ncacn_ip_tcp:"):
+            return text.split(":", 1)[1].strip().lower() or None
+    return None
+
+
+def _as_list(value: object) -> tuple[object, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)
+
+
+class Directory:
+    """A bound connection and the naming contexts it audits; see :func:`connect`."""
+
+    def __init__(self, connection: Connection, config_nc: str, domain_nc: str | None) -> None:
+        self.connection = connection
+        self.config_nc = config_nc
+        self.domain_nc = domain_nc
+        self.exchange_base = f"CN=Microsoft Exchange,CN=Services,{config_nc}"
+
+    # -- context manager -------------------------------------------------------------------
+    def __enter__(self) -> Directory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.connection.unbind()
+        except ldap_errors.LDAPException:
+            pass
+
+    # -- searching -------------------------------------------------------------------------
+    def search(
+        self, base: str, search_filter: str, attributes: list[str], scope: str = SUBTREE
+    ) -> Iterator[dict]:
+        """Yield entries page by page, in the order the server sends them; raise on any failure.
+
+        ldap3's own ``paged_search`` generator reverses each page and ends quietly on an error
+        result when exceptions are off, so this drives ldap3's paged-results control directly and
+        checks every page's result code. Search references (AD referrals) are skipped.
+        """
+        cookie: bytes | None = None
+        while True:
+            try:
+                self.connection.search(
+                    base,
+                    search_filter,
+                    scope,
+                    attributes=attributes,
+                    paged_size=PAGE_SIZE if scope != BASE else None,
+                    paged_cookie=cookie,
+                )
+            except ldap_errors.LDAPException as exc:
+                raise DirectoryError(
+                    f"LDAP search under {base!r} failed: {_describe(exc)}"
+                ) from exc
+            result = self.connection.result or {}
+            code = result.get("result")
+            if code == 32 and scope == BASE:  # noSuchObject on a base read: nothing there
+                return
+            if code != RESULT_SUCCESS:
+                raise DirectoryError(
+                    f"LDAP search under {base!r} failed: {result.get('description')} "
+                    f"({code}) {result.get('message') or ''}".rstrip()
+                )
+            for entry in self.connection.response or ():
+                if entry.get("type") == "searchResEntry":
+                    yield entry
+            try:
+                cookie = result["controls"]["1.2.840.113556.1.4.319"]["value"]["cookie"]
+            except (KeyError, TypeError):
+                cookie = None
+            if not cookie:
+                return
+
+    def iter_targets(self, base: str | None = None) -> Iterator[Target]:
+        """Every SMTP virtual server and receive connector under ``base`` (default: all Exchange).
+
+        One paged search fetches targets and their server objects together; server objects come
+        before their children in practice, and a small cache keeps them. A target whose server
+        has not been seen yet costs one extra read.
+        """
+        cache: OrderedDict[str, ServerInfo | None] = OrderedDict()
+        for entry in self.search(
+            base or self.exchange_base, AUDIT_FILTER, TARGET_ATTRIBUTES + SERVER_ATTRIBUTES
+        ):
+            attrs = entry["attributes"]
+            classes = {str(c).lower() for c in _as_list(attrs.get("objectClass"))}
+            if SERVER_CLASS in classes:
+                info = self._server_info(entry)
+                cache[dn_key(info.dn)] = info
+                if len(cache) > SERVER_CACHE_SIZE:
+                    cache.popitem(last=False)
+                continue
+            target = self._target(entry, classes, cache)
+            if target is not None:
+                yield target
+
+    def _target(
+        self, entry: dict, classes: set[str], cache: OrderedDict[str, ServerInfo | None]
+    ) -> Target | None:
+        kind = next((KIND_BY_CLASS[c] for c in classes if c in KIND_BY_CLASS), None)
+        if kind is None:
+            return None
+        attrs, dn = entry["attributes"], entry["dn"]
+        located = server_of(dn)
+        info: ServerInfo | None = None
+        server_name = "(no server)"
+        if located:
+            server_name, server_dn = located
+            skey = dn_key(server_dn)
+            if skey in cache:
+                info = cache[skey]
+                cache.move_to_end(skey)
+            else:
+                info = self.read_server(server_dn)
+                cache[skey] = info
+                if len(cache) > SERVER_CACHE_SIZE:
+                    cache.popitem(last=False)
+            if info is not None:
+                server_name = info.name
+        raw = entry.get("raw_attributes", {})
+        raw_flags = _raw_values(raw, kind.attribute)
+        name = _first(attrs.get("adminDisplayName")) or _first(attrs.get("cn")) or dn
+        return Target(
+            kind=kind.key,
+            dn=dn,
+            key=dn_key(dn),
+            name=str(name),
+            server=server_name,
+            raw_flags=raw_flags,
+            server_info=info,
+        )
+
+    def _server_info(self, entry: dict) -> ServerInfo:
+        attrs = entry["attributes"]
+        serial = _first(attrs.get("serialNumber"))
+        number = _first(attrs.get("versionNumber"))
+        try:
+            version_number = int(number) if number is not None else None
+        except (TypeError, ValueError):
+            version_number = None
+        name = _first(attrs.get("cn"))
+        if not name:
+            located = server_of(entry["dn"] + ",CN=Servers")
+            name = located[0] if located else entry["dn"]
+        return ServerInfo(
+            dn=entry["dn"],
+            name=str(name),
+            version=str(serial) if serial else None,
+            version_number=version_number,
+            fqdn=_fqdn(attrs.get("networkAddress")),
+        )
+
+    def read_server(self, server_dn: str) -> ServerInfo | None:
+        """The server object at ``server_dn``, or ``None`` if there is none."""
+        for entry in self.search(
+            server_dn, "(objectClass=msExchExchangeServer)", SERVER_ATTRIBUTES, scope=BASE
+        ):
+            return self._server_info(entry)
+        return None
+
+    def find_servers(self, name: str) -> list[ServerInfo]:
+        """Exchange servers whose CN is ``name`` (escaped before it goes into the filter)."""
+        search_filter = f"(&(objectClass=msExchExchangeServer)(cn={escape_filter_chars(name)}))"
+        return [
+            self._server_info(e)
+            for e in self.search(self.exchange_base, search_filter, SERVER_ATTRIBUTES)
+        ]
+
+    def read_target(self, dn: str) -> Target | None:
+        """Re-read one target by DN now, or ``None`` if it no longer exists."""
+        for entry in self.search(dn, AUDIT_FILTER, TARGET_ATTRIBUTES + ["objectClass"], scope=BASE):
+            classes = {str(c).lower() for c in _as_list(entry["attributes"].get("objectClass"))}
+            return self._target(entry, classes, OrderedDict())
+        return None
+
+    def sbs_hostnames(self) -> frozenset[str]:
+        """``dNSHostName`` (lower case) of every computer running Small Business Server.
+
+        One search for the whole audit instead of one per server: SBS machines are few.
+        """
+        if not self.domain_nc:
+            return frozenset()
+        names = set()
+        for entry in self.search(self.domain_nc, SBS_FILTER, ["dNSHostName", "operatingSystem"]):
+            attrs = entry["attributes"]
+            host = _first(attrs.get("dNSHostName"))
+            system = str(_first(attrs.get("operatingSystem")) or "")
+            if host and "small business server" in system.lower():
+                names.add(str(host).lower())
+        return frozenset(names)
+
+    def operating_system(self, fqdn: str) -> str | None:
+        """The ``operatingSystem`` of the computer whose ``dNSHostName`` is ``fqdn``."""
+        if not self.domain_nc or not fqdn:
+            return None
+        search_filter = f"(&(objectClass=computer)(dNSHostName={escape_filter_chars(fqdn)}))"
+        for entry in self.search(self.domain_nc, search_filter, ["operatingSystem"]):
+            value = _first(entry["attributes"].get("operatingSystem"))
+            return str(value) if value else None
+        return None
+
+    # -- writing ---------------------------------------------------------------------------
+    def compare_and_swap(self, dn: str, attribute: str, old: int, new: int) -> None:
+        """Replace ``old`` with ``new`` in one modify, so the server refuses it if the value moved.
+
+        Raises :class:`WriteRefused` with the result code on any non-zero result: OpenLDAP
+        answers 16 (noSuchAttribute) for a stale value, AD may answer 16 or others.
+        """
+        changes = {attribute: [(MODIFY_DELETE, [str(old)]), (MODIFY_ADD, [str(new)])]}
+        try:
+            ok = self.connection.modify(dn, changes)
+        except ldap_errors.LDAPException as exc:
+            raise WriteRefused(f"the modify was not confirmed: {_describe(exc)}", None) from exc
+        result = self.connection.result or {}
+        code = result.get("result")
+        if not ok or code != RESULT_SUCCESS:
+            raise WriteRefused(
+                f"the directory refused the change: {result.get('description')} ({code})"
+                + (f": {result['message']}" if result.get("message") else ""),
+                code,
+            )
+
+
+def _raw_values(raw: dict, attribute: str) -> tuple[object, ...]:
+    for key, values in raw.items():
+        if key.lower() == attribute.lower():
+            return tuple(
+                v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
+            )
+    return ()
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return text.replace("\n", " ")[:300]
+
+
+def _read_root_dse(connection: Connection) -> dict:
+    connection.search(
+        "",
+        "(objectClass=*)",
+        BASE,
+        attributes=["configurationNamingContext", "defaultNamingContext"],
+    )
+    for entry in connection.response or ():
+        if entry.get("type") == "searchResEntry":
+            return entry["attributes"]
+    return {}
+
+
+def _naming_contexts(connection: Connection, settings: Settings) -> tuple[str, str | None]:
+    config_nc, domain_nc = settings.ldap_base, settings.ldap_domain_base
+    if not config_nc or not domain_nc:
+        root = _read_root_dse(connection)
+        config_nc = config_nc or _first(root.get("configurationNamingContext"))
+        domain_nc = domain_nc or _first(root.get("defaultNamingContext"))
+    if not config_nc:
+        raise DirectoryError(
+            "the RootDSE has no configurationNamingContext: set AUTHGUARD_LDAP_BASE to the "
+            "Configuration naming context (CN=Configuration,DC=...)"
+        )
+    return str(config_nc), (str(domain_nc) if domain_nc else None)
+
+
+def connect(settings: Settings) -> Directory:
+    """Open, secure and bind a connection as the settings say; raise a clear error otherwise.
+
+    A password is never sent over plain ``ldap://`` without StartTLS unless
+    ``AUTHGUARD_LDAP_ALLOW_PLAINTEXT`` is true: Basic-style clear-text credentials are the very
+    weakness this tool hunts.
+    """
+    settings.require("ldap_url")
+    url = urlsplit(settings.ldap_url or "")
+    use_ssl = url.scheme.lower() == "ldaps"
+    password = settings.password()
+    if settings.ldap_bind_dn and not password:
+        raise ConfigError(
+            "AUTHGUARD_LDAP_BIND_DN is set but AUTHGUARD_LDAP_PASSWORD (or "
+            "AUTHGUARD_LDAP_PASSWORD_FILE) is missing"
+        )
+    if password and not settings.ldap_bind_dn:
+        raise ConfigError("a password is set but AUTHGUARD_LDAP_BIND_DN is missing")
+    if (
+        password
+        and not use_ssl
+        and not settings.ldap_starttls
+        and not settings.ldap_allow_plaintext
+    ):
+        raise ConfigError(
+            "refusing to send the LDAP password in clear text over ldap:// without StartTLS: use "
+            "ldaps://, set AUTHGUARD_LDAP_STARTTLS=true, or (not advised) "
+            "AUTHGUARD_LDAP_ALLOW_PLAINTEXT=true"
+        )
+    tls = None
+    if use_ssl or settings.ldap_starttls:
+        tls = Tls(
+            ca_certs_file=settings.ldap_ca_file,
+            validate=ssl.CERT_REQUIRED,
+            valid_names=[settings.ldap_tls_name] if settings.ldap_tls_name else None,
+        )
+    server = Server(
+        url.hostname,
+        port=url.port,
+        use_ssl=use_ssl,
+        tls=tls,
+        get_info=NONE,
+        connect_timeout=settings.ldap_timeout,
+    )
+    connection = Connection(
+        server,
+        user=settings.ldap_bind_dn,
+        password=password,
+        authentication=SIMPLE if password else ANONYMOUS,
+        receive_timeout=settings.ldap_timeout,
+        raise_exceptions=False,
+        auto_referrals=False,
+        return_empty_attributes=False,
+    )
+    where = f"{url.scheme}://{url.hostname}:{url.port or (636 if use_ssl else 389)}"
+    try:
+        connection.open()
+        if settings.ldap_starttls and not use_ssl and not connection.start_tls():
+            raise DirectoryError(f"StartTLS with {where} failed: {connection.result}")
+        if not connection.bind():
+            result = connection.result or {}
+            code = result.get("result")
+            hint = {
+                49: "invalid credentials",
+                8: "the directory requires transport encryption (use ldaps:// or StartTLS)",
+                13: "the directory requires transport encryption (use ldaps:// or StartTLS)",
+            }.get(code, result.get("description"))
+            who = settings.ldap_bind_dn or "anonymous"
+            raise DirectoryError(f"bind to {where} as {who} refused: {hint} ({code})")
+        config_nc, domain_nc = _naming_contexts(connection, settings)
+    except ldap_errors.LDAPException as exc:
+        connection.unbind()
+        raise DirectoryError(f"cannot reach the directory at {where}: {_describe(exc)}") from None
+    except DirectoryError:
+        connection.unbind()
+        raise
+    return Directory(connection, config_nc, domain_nc)
+
+
+def sample() -> Directory:
+    """The bundled sample forest, served by ldap3's offline mock."""
+    from bot.sample import sample_connection
+
+    connection = sample_connection()
+    settings = Settings()
+    config_nc, domain_nc = _naming_contexts_or_constants(connection, settings)
+    return Directory(connection, config_nc, domain_nc)
+
+
+def _naming_contexts_or_constants(connection: Connection, settings: Settings) -> tuple[str, str]:
+    from bot.sample import SAMPLE_BASE, SAMPLE_CONFIG_NC
+
+    try:
+        config_nc, domain_nc = _naming_contexts(connection, settings)
+    except DirectoryError:
+        return SAMPLE_CONFIG_NC, SAMPLE_BASE
+    return config_nc, domain_nc or SAMPLE_BASE

@@ -1,0 +1,165 @@
+"""Audit runs and the targets each one checked.
+
+>>> store = open_store(":memory:")
+>>> run_id = start_run(store, trigger="cli", requested_by="alice")
+>>> add_targets(store, run_id, [{"target_key": "cn=1,...", "server": "EX01", "kind":
+...     "smtp_virtual_server", "name": "1", "dn": "CN=1,...", "flags": 7, "verdict": "warning"}])
+>>> finish_run(store, run_id, "succeeded", counts={"warning": 1})["status"]
+'succeeded'
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from storage.db import Store, now_iso
+
+FULL = "full"
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+COUNTED = ("warning", "ok", "exempt", "unknown", "waived")
+TARGET_COLUMNS = (
+    "target_key",
+    "server",
+    "kind",
+    "name",
+    "dn",
+    "flags",
+    "raw_flags",
+    "basic_auth",
+    "tls_required",
+    "verdict",
+    "reason",
+    "severity",
+    "version",
+    "fqdn",
+    "checked_at",
+)
+
+
+def start_run(
+    store: Store, trigger: str, requested_by: str | None = None, scope: str = FULL
+) -> int:
+    """Record a new run as ``running`` and return its id."""
+    with store.transaction() as db:
+        table = db["audit_runs"].insert(
+            {
+                "started_at": now_iso(),
+                "trigger": trigger,
+                "requested_by": requested_by,
+                "scope": scope,
+                "status": RUNNING,
+            }
+        )
+        return int(table.last_pk)
+
+
+def add_targets(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> None:
+    """Store checked targets of a run in one transaction (call it once per batch)."""
+    stamp = now_iso()
+    records = []
+    for row in rows:
+        record = {column: row.get(column) for column in TARGET_COLUMNS}
+        record["audit_id"] = run_id
+        record["checked_at"] = record["checked_at"] or stamp
+        if isinstance(record["raw_flags"], (list, tuple)):
+            record["raw_flags"] = json.dumps([str(v) for v in record["raw_flags"]])
+        records.append(record)
+    with store.transaction() as db:
+        db["audit_targets"].insert_all(records, batch_size=500)
+
+
+def finish_run(
+    store: Store,
+    run_id: int,
+    status: str,
+    error: str | None = None,
+    counts: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Mark a run ``succeeded`` or ``failed`` with its counts; return the run row."""
+    counts = counts or {}
+    values: dict[str, Any] = {"finished_at": now_iso(), "status": status, "error": error}
+    values.update({name: int(counts.get(name, 0)) for name in COUNTED})
+    values["total"] = sum(values[name] for name in COUNTED)
+    with store.transaction() as db:
+        db["audit_runs"].update(run_id, values)
+    return get_run(store, run_id)
+
+
+def get_run(store: Store, run_id: int) -> dict[str, Any]:
+    """The run row as a dict (raises ``sqlite_utils.db.NotFoundError`` when there is none)."""
+    return dict(store.db["audit_runs"].get(run_id))
+
+
+def latest_run(store: Store, scope: str = FULL, status: str | None = None) -> dict | None:
+    """The newest run of ``scope`` (optionally with ``status``), or ``None``."""
+    where, args = "scope = ?", [scope]
+    if status:
+        where += " and status = ?"
+        args.append(status)
+    rows = list(store.db["audit_runs"].rows_where(where, args, order_by="id desc", limit=1))
+    return rows[0] if rows else None
+
+
+def recent_runs(store: Store, limit: int = 20) -> list[dict]:
+    """The newest runs of any scope, newest first."""
+    return list(store.db["audit_runs"].rows_where(order_by="id desc", limit=limit))
+
+
+def iter_run_targets(store: Store, run_id: int) -> Iterator[dict]:
+    """The targets a run checked, in server then DN order, one row at a time."""
+    yield from store.db["audit_targets"].rows_where(
+        "audit_id = ?", [run_id], order_by="server collate nocase, kind, dn"
+    )
+
+
+def current_targets(store: Store, server: str | None = None) -> list[dict]:
+    """The latest known state of each target (of one server, case-insensitive, or of all).
+
+    That is the newest row per target from the latest successful full audit or any later
+    successful narrower check (``status --live``, a recheck).
+    """
+    base = latest_run(store, FULL, SUCCEEDED)
+    if base is None:
+        return []
+    sql = """
+        select t.*, r.trigger as run_trigger from audit_targets t
+        join audit_runs r on r.id = t.audit_id
+        where r.status = 'succeeded' and t.audit_id >= :base
+          {server_clause}
+          and t.id = (
+            select max(t2.id) from audit_targets t2 join audit_runs r2 on r2.id = t2.audit_id
+            where t2.target_key = t.target_key and r2.status = 'succeeded' and t2.audit_id >= :base
+          )
+          and t.target_key in (select target_key from audit_targets where audit_id = :base)
+        order by t.server collate nocase, t.kind, t.dn
+    """
+    params: dict[str, Any] = {"base": base["id"]}
+    clause = ""
+    if server is not None:
+        clause = "and t.server = :server collate nocase"
+        params["server"] = server
+    return [dict(r) for r in store.db.query(sql.format(server_clause=clause), params)]
+
+
+def known_servers(store: Store) -> list[str]:
+    """Server names seen by the latest successful full audit (for "did you mean")."""
+    base = latest_run(store, FULL, SUCCEEDED)
+    if base is None:
+        return []
+    rows = store.db.query(
+        "select distinct server from audit_targets where audit_id = ? order by server",
+        [base["id"]],
+    )
+    return [r["server"] for r in rows]
+
+
+def fail_interrupted_runs(store: Store, reason: str = "interrupted: the process stopped") -> int:
+    """Mark runs left ``running`` by a process that died as ``failed``; return how many."""
+    with store.transaction() as db:
+        cursor = db.execute(
+            "update audit_runs set status = ?, error = ?, finished_at = ? where status = ?",
+            [FAILED, reason, now_iso(), RUNNING],
+        )
+        return cursor.rowcount

@@ -1,0 +1,203 @@
+"""Opening the SQLite database: WAL mode, a busy timeout, and versioned migrations.
+
+>>> store = open_store(":memory:")
+>>> store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+True
+
+Each migration is a function that takes the ``sqlite_utils.Database`` and creates or alters
+tables; ``PRAGMA user_version`` records how many have run. Add new ones at the end, never edit
+an old one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from sqlite_utils import Database
+
+
+class StorageError(Exception):
+    """The database cannot be used (locked, disk full, not a database). Exit code 2."""
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601, e.g. ``2026-11-28T06:00:00.123456+00:00``."""
+    return datetime.now(UTC).isoformat()
+
+
+def _v1_audits(db: Database) -> None:
+    db["audit_runs"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "finished_at": str,
+            "trigger": str,
+            "requested_by": str,
+            "scope": str,
+            "status": str,
+            "error": str,
+            "warning": int,
+            "ok": int,
+            "exempt": int,
+            "unknown": int,
+            "waived": int,
+            "total": int,
+        },
+        pk="id",
+        not_null={"started_at", "trigger", "scope", "status"},
+        defaults={"warning": 0, "ok": 0, "exempt": 0, "unknown": 0, "waived": 0, "total": 0},
+    )
+    db["audit_runs"].create_index(["scope", "status", "id"])
+    db["audit_targets"].create(
+        {
+            "id": int,
+            "audit_id": int,
+            "target_key": str,
+            "server": str,
+            "kind": str,
+            "name": str,
+            "dn": str,
+            "flags": int,
+            "raw_flags": str,
+            "basic_auth": int,
+            "tls_required": int,
+            "verdict": str,
+            "reason": str,
+            "severity": str,
+            "version": str,
+            "fqdn": str,
+            "checked_at": str,
+        },
+        pk="id",
+        foreign_keys=[("audit_id", "audit_runs", "id")],
+        not_null={"audit_id", "target_key", "server", "kind", "dn", "verdict"},
+    )
+    db["audit_targets"].create_index(["audit_id", "server"])
+    db["audit_targets"].create_index(["target_key", "audit_id"])
+    db.execute(
+        "CREATE INDEX idx_audit_targets_server_nocase ON audit_targets (server COLLATE NOCASE)"
+    )
+
+
+def _v2_locks(db: Database) -> None:
+    db["locks"].create(
+        {"name": str, "owner": str, "acquired_at": str, "expires_at": float}, pk="name"
+    )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_audits, _v2_locks]
+
+
+def migrate(db: Database, migrations: list[Callable[[Database], None]] | None = None) -> int:
+    """Run the migrations that have not run yet, each in its own transaction; return the version."""
+    migrations = MIGRATIONS if migrations is None else migrations
+    conn = db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for index in range(version, len(migrations)):
+            migrations[index](db)
+            conn.execute(f"PRAGMA user_version = {index + 1}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return len(migrations)
+
+
+def _connect(path: str) -> Database:
+    conn = sqlite3.connect(path, timeout=15, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 15000")
+    if path != ":memory:":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return Database(conn)
+
+
+def explain(exc: sqlite3.Error, path: str) -> str:
+    """A clear sentence for a database failure, for people."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"the database {path} is locked by another process; try again when it is free"
+    if "disk" in text and ("full" in text or "I/O" in text):
+        return f"cannot write the database {path}: the disk is full ({text})"
+    if "not a database" in text or "malformed" in text:
+        return f"{path} is not a usable authguard database ({text})"
+    return f"database {path}: {text}"
+
+
+class Store:
+    """The authguard database. ``store.db`` is this thread's ``sqlite_utils.Database``.
+
+    Each thread gets its own SQLite connection (SQLite connections are not shared across threads);
+    an in-memory store shares one connection, guarded by a lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._shared: Database | None = None
+        self.lock = threading.RLock()
+        if path == ":memory:":
+            self._shared = _connect(path)
+        try:
+            migrate(self.db)
+        except sqlite3.Error as exc:
+            raise StorageError(explain(exc, path)) from exc
+
+    @property
+    def db(self) -> Database:
+        if self._shared is not None:
+            return self._shared
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = _connect(self.path)
+            except sqlite3.Error as exc:
+                raise StorageError(explain(exc, self.path)) from exc
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[Database]:
+        """``with store.transaction() as db:`` runs the block in one IMMEDIATE transaction."""
+        db = self.db
+        with self.lock if self._shared is not None else _nolock():
+            try:
+                db.conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(explain(exc, self.path)) from exc
+            try:
+                yield db
+            except BaseException:
+                db.conn.execute("ROLLBACK")
+                raise
+            try:
+                db.conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                db.conn.execute("ROLLBACK")
+                raise StorageError(explain(exc, self.path)) from exc
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+
+@contextmanager
+def _nolock() -> Iterator[None]:
+    yield
+
+
+def open_store(path: str) -> Store:
+    """Open (creating and migrating as needed) the database at ``path``."""
+    try:
+        return Store(path)
+    except sqlite3.Error as exc:
+        raise StorageError(explain(exc, path)) from exc
