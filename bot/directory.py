@@ -178,10 +178,7 @@ class Directory:
         self.close()
 
     def close(self) -> None:
-        try:
-            self.connection.unbind()
-        except ldap_errors.LDAPException:
-            pass
+        _quietly_unbind(self.connection)
 
     # -- searching -------------------------------------------------------------------------
     def search(
@@ -377,6 +374,14 @@ class Directory:
             )
 
 
+def _quietly_unbind(connection: Connection) -> None:
+    """Close a connection whose socket may already be broken (ldap3 raises then)."""
+    try:
+        connection.unbind()
+    except (ldap_errors.LDAPException, OSError):
+        pass
+
+
 def _raw_values(raw: dict, attribute: str) -> tuple[object, ...]:
     for key, values in raw.items():
         if key.lower() == attribute.lower():
@@ -489,10 +494,10 @@ def connect(settings: Settings) -> Directory:
             raise DirectoryError(f"bind to {where} as {who} refused: {hint} ({code})")
         config_nc, domain_nc = _naming_contexts(connection, settings)
     except ldap_errors.LDAPException as exc:
-        connection.unbind()
+        _quietly_unbind(connection)
         raise DirectoryError(f"cannot reach the directory at {where}: {_describe(exc)}") from None
     except DirectoryError:
-        connection.unbind()
+        _quietly_unbind(connection)
         raise
     return Directory(connection, config_nc, domain_nc)
 

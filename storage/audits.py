@@ -1,5 +1,6 @@
 """Audit runs and the targets each one checked.
 
+>>> from storage import open_store
 >>> store = open_store(":memory:")
 >>> run_id = start_run(store, trigger="cli", requested_by="alice")
 >>> add_targets(store, run_id, [{"target_key": "cn=1,...", "server": "EX01", "kind":
@@ -155,6 +156,16 @@ def known_servers(store: Store) -> list[str]:
     return [r["server"] for r in rows]
 
 
+def fail_run(store: Store, run_id: int, reason: str) -> None:
+    """Mark one run that is still ``running`` as ``failed`` (its process died)."""
+    with store.transaction() as db:
+        db.execute(
+            "update audit_runs set status = ?, error = ?, finished_at = ? "
+            "where id = ? and status = ?",
+            [FAILED, reason, now_iso(), run_id, RUNNING],
+        )
+
+
 def fail_interrupted_runs(store: Store, reason: str = "interrupted: the process stopped") -> int:
     """Mark runs left ``running`` by a process that died as ``failed``; return how many."""
     with store.transaction() as db:
@@ -163,3 +174,56 @@ def fail_interrupted_runs(store: Store, reason: str = "interrupted: the process 
             [FAILED, reason, now_iso(), RUNNING],
         )
         return cursor.rowcount
+
+
+OPEN_VERDICTS = ("warning", "unknown")
+
+
+def changes_between(store: Store, old_id: int | None, new_id: int) -> tuple[list[dict], list[dict]]:
+    """``(new, resolved)``: open findings (warning/unknown) in run ``new_id`` that were not open in
+    run ``old_id``, and those open in ``old_id`` that are not open any more."""
+    if old_id is None:
+        return [], []
+    sql = """
+        select * from audit_targets a where a.audit_id = :a and a.verdict in ('warning','unknown')
+        and not exists (select 1 from audit_targets b where b.audit_id = :b
+                        and b.target_key = a.target_key and b.verdict in ('warning','unknown'))
+        order by a.server collate nocase, a.dn
+    """
+    new = [dict(r) for r in store.db.query(sql, {"a": new_id, "b": old_id})]
+    resolved = [dict(r) for r in store.db.query(sql, {"a": old_id, "b": new_id})]
+    return new, resolved
+
+
+def oldest_open(store: Store, run_id: int, limit: int = 5) -> list[dict]:
+    """The open findings of a run that have been open longest, with ``first_seen`` (ISO time):
+    the first successful full audit since which the target has been open without a break."""
+    sql = """
+        select c.*, (
+          select min(r.started_at) from audit_targets t join audit_runs r on r.id = t.audit_id
+          where t.target_key = c.target_key and r.scope = 'full' and r.status = 'succeeded'
+            and t.verdict in ('warning','unknown')
+            and t.audit_id > coalesce((
+              select max(t2.audit_id) from audit_targets t2
+              join audit_runs r2 on r2.id = t2.audit_id
+              where t2.target_key = c.target_key and r2.scope = 'full' and r2.status = 'succeeded'
+                and t2.verdict not in ('warning','unknown')), 0)
+        ) as first_seen
+        from audit_targets c where c.audit_id = :run and c.verdict in ('warning','unknown')
+        order by first_seen, c.server collate nocase, c.dn limit :limit
+    """
+    return [dict(r) for r in store.db.query(sql, {"run": run_id, "limit": limit})]
+
+
+def daily_open_counts(store: Store, since_iso: str) -> dict[str, int]:
+    """``{"2026-11-27": 12, ...}``: open findings (warning + unknown) at the last successful full
+    audit of each day since ``since_iso``."""
+    rows = store.db.query(
+        "select substr(started_at, 1, 10) as day, warning + unknown as open from audit_runs "
+        "where scope = 'full' and status = 'succeeded' and started_at >= ? order by id",
+        [since_iso],
+    )
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["day"]] = row["open"]
+    return counts

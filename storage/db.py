@@ -89,7 +89,159 @@ def _v2_locks(db: Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_audits, _v2_locks]
+def _v3_chat(db: Database) -> None:
+    # one Slack warning message per Exchange server, kept so a re-audit updates instead of reposting
+    db["warning_messages"].create(
+        {
+            "server": str,
+            "channel": str,
+            "ts": str,
+            "state": str,
+            "fingerprint": str,
+            "detail": str,
+            "posted_at": str,
+            "updated_at": str,
+            "attempts": int,
+            "last_error": str,
+        },
+        pk="server",
+        defaults={"attempts": 0},
+    )
+    db["summaries"].create(
+        {"id": int, "at": str, "audit_id": int, "channel": str, "ts": str},
+        pk="id",
+    )
+    # Slack re-sends events it thinks were missed; a seen event id is not handled twice
+    db["seen_events"].create({"event_id": str, "at": str}, pk="event_id")
+    # one row per scheduled firing: with two processes, only the first to insert runs the job
+    db["job_runs"].create(
+        {"name": str, "fire_key": str, "owner": str, "at": str}, pk=("name", "fire_key")
+    )
+
+
+def _v4_remediation(db: Database) -> None:
+    # approval-gated fix requests: the opaque id is what a Slack button carries
+    db["fix_requests"].create(
+        {
+            "id": str,
+            "created_at": str,
+            "expires_at": str,
+            "target_key": str,
+            "dn": str,
+            "server": str,
+            "kind": str,
+            "name": str,
+            "action": str,
+            "flags_before": int,
+            "flags_after": int,
+            "audit_id": int,
+            "status": str,
+            "required_approvals": int,
+            "created_by": str,
+            "channel": str,
+            "message_ts": str,
+            "last_error": str,
+            "job_id": int,
+            "updated_at": str,
+        },
+        pk="id",
+        not_null={"created_at", "expires_at", "target_key", "dn", "kind", "action", "status"},
+    )
+    db["fix_requests"].create_index(["target_key", "action", "status"])
+    db["approvals"].create(
+        {"id": int, "request_id": str, "user_id": str, "user_name": str, "at": str},
+        pk="id",
+        foreign_keys=[("request_id", "fix_requests", "id")],
+        not_null={"request_id", "user_id", "at"},
+    )
+    db["approvals"].create_index(["request_id", "user_id"], unique=True)
+    db["jobs"].create(
+        {
+            "id": int,
+            "request_id": str,
+            "kind": str,
+            "mode": str,
+            "state": str,
+            "owner": str,
+            "actor_id": str,
+            "actor_name": str,
+            "started_at": str,
+            "finished_at": str,
+            "target_key": str,
+            "dn": str,
+            "attribute": str,
+            "before": int,
+            "after": int,
+            "observed": int,
+            "verified": int,
+            "error": str,
+            "error_code": int,
+            "rolls_back_job_id": int,
+            "reconciled_at": str,
+        },
+        pk="id",
+        foreign_keys=[("request_id", "fix_requests", "id"), ("rolls_back_job_id", "jobs", "id")],
+        not_null={"kind", "mode", "state", "owner", "started_at", "target_key", "dn", "attribute"},
+    )
+    db["jobs"].create_index(["target_key", "state"])
+    db["jobs"].create_index(["state"])
+    db["jobs"].create_index(["rolls_back_job_id"])
+    db["waivers"].create(
+        {
+            "id": int,
+            "target_key": str,
+            "dn": str,
+            "server": str,
+            "kind": str,
+            "name": str,
+            "reason": str,
+            "created_by_id": str,
+            "created_by_name": str,
+            "created_at": str,
+            "expires_at": str,
+            "revoked_at": str,
+            "revoked_by_id": str,
+            "revoked_by_name": str,
+        },
+        pk="id",
+        not_null={"target_key", "dn", "reason", "created_at", "expires_at"},
+    )
+    db["waivers"].create_index(["target_key", "expires_at"])
+    # append-only and hash-chained; AUTOINCREMENT keeps the highest id ever used in
+    # sqlite_sequence, so deleting the newest rows is detected too (see storage/audit_log.py)
+    db.execute(
+        """
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at TEXT NOT NULL,
+            event TEXT NOT NULL,
+            user_id TEXT,
+            user_name TEXT,
+            target_dn TEXT,
+            before INTEGER,
+            after INTEGER,
+            job_id INTEGER,
+            request_id TEXT,
+            detail TEXT,
+            prev_hash TEXT NOT NULL,
+            hash TEXT NOT NULL UNIQUE
+        )
+        """
+    )
+    db["audit_log"].create_index(["at"])
+    for action in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER audit_log_no_{action.lower()} BEFORE {action} ON audit_log "
+            f"BEGIN SELECT RAISE(ABORT, 'audit_log is append-only: {action} refused'); END"
+        )
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [
+    _v1_audits,
+    _v2_locks,
+    _v3_chat,
+    _v4_remediation,
+]
 
 
 def migrate(db: Database, migrations: list[Callable[[Database], None]] | None = None) -> int:
