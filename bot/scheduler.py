@@ -1,7 +1,7 @@
 """Scheduled work (APScheduler 3): the audit and the daily summary on cron schedules.
 
->>> scheduler = build_scheduler(settings, store, {"audit": run_audit, "summary": post_summary})  # doctest: +SKIP
->>> scheduler.start()                                                                          # doctest: +SKIP
+>>> jobs = {"audit": run_audit, "summary": post_summary}  # doctest: +SKIP
+>>> build_scheduler(settings, store, jobs).start()        # doctest: +SKIP
 
 Misfires coalesce (a bot that was down posts one summary, not a backlog), each job runs at most
 one instance at a time, and with several processes on one database each firing runs once: the
@@ -20,8 +20,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import Settings
-from storage import Store
-from storage import locks
+from storage import Store, locks
 
 log = logging.getLogger(__name__)
 

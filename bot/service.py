@@ -13,6 +13,7 @@ warnings, so this module knows nothing of Slack.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 import time
@@ -62,18 +63,19 @@ class StatusResult:
 
 
 def close_matches(name: str, names: list[str], limit: int = 5) -> list[str]:
-    """Known names like ``name`` (case-insensitive), best first, for "did you mean".
+    """Known names like ``name`` (case-insensitive), most alike first, for "did you mean".
 
     >>> close_matches("ex1", ["EX01", "EX02", "SBS01", "EX16A"])
     ['EX01', 'EX16A', 'EX02']
     """
-    import difflib
-
-    lowered = {n.lower(): n for n in names}
     key = name.lower()
-    found = difflib.get_close_matches(key, list(lowered), n=limit, cutoff=0.5)
-    contains = [n for low, n in lowered.items() if key and (key in low or low in key)]
-    return list(dict.fromkeys([lowered[f] for f in found] + contains))[:limit]
+    scored = []
+    for known in names:
+        low = known.lower()
+        ratio = difflib.SequenceMatcher(None, key, low).ratio()
+        if ratio >= 0.5 or (key and (key in low or low in key)):
+            scored.append((-ratio, known))
+    return [known for _, known in sorted(scored)[:limit]]
 
 
 class Authguard:

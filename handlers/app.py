@@ -1,0 +1,58 @@
+"""Build the Bolt app: one Web API client, and each kind of listener registered from its module.
+
+>>> app = build_app(services, client=make_client(settings))   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import (
+    ConnectionErrorRetryHandler,
+    RateLimitErrorRetryHandler,
+    ServerErrorRetryHandler,
+)
+
+from bot.config import Settings
+from handlers import commands, events
+from handlers.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def make_client(settings: Settings) -> WebClient:
+    """A Web API client for ``AUTHGUARD_SLACK_API_URL`` that retries 429 (after ``Retry-After``),
+    5xx answers and broken connections with slack_sdk's own retry handlers."""
+    settings.require("slack_bot_token")
+    return WebClient(
+        token=settings.slack_bot_token.get() if settings.slack_bot_token else None,
+        base_url=settings.slack_api_url,
+        timeout=30,
+        retry_handlers=[
+            ConnectionErrorRetryHandler(max_retry_count=2),
+            RateLimitErrorRetryHandler(max_retry_count=5),
+            ServerErrorRetryHandler(max_retry_count=2),
+        ],
+    )
+
+
+def build_app(services: Services, client: WebClient, socket_mode: bool = False) -> App:
+    """The Bolt app with every listener registered. HTTP mode verifies each request's signature
+    (Bolt's RequestVerification: forged or stale signatures get 401)."""
+    settings = services.settings
+    if not socket_mode:
+        settings.require("slack_signing_secret")
+    secret = settings.slack_signing_secret.get() if settings.slack_signing_secret else ""
+    app = App(
+        client=client,
+        signing_secret=secret,
+        request_verification_enabled=not socket_mode,
+        token_verification_enabled=True,
+        process_before_response=False,
+        logger=logging.getLogger("authguard.slack"),
+    )
+    for module in (commands, events):
+        module.register(app, services)
+    return app
