@@ -19,7 +19,8 @@ from typing import Any
 from bot.config import ConfigError, Settings
 from bot.directory import Directory, DirectoryError, Target
 from bot.rules import judge
-from storage import StorageError, Store
+from bot.waivers import waiver_override
+from storage import StorageError, Store, audit_log
 from storage import audits as audit_store
 
 BATCH = 500
@@ -116,20 +117,28 @@ def run_audit(
     """Run one audit and return its stored run row; raise :class:`AuditFailed` when it fails.
 
     ``open_directory`` connects (it is called after the run is recorded, so a refused bind is a
-    failed run too). ``override`` may replace a verdict (waivers) before the row is stored.
+    failed run too). ``override`` may replace a verdict before the row is stored; by default
+    the waivers in force do (see :mod:`bot.waivers`). Every run is written to the audit log.
     """
     run_id = audit_store.start_run(store, trigger, requested_by, scope.label)
     counts: Counter[str] = Counter()
+
+    def finish(status: str, error: str | None = None) -> dict[str, Any]:
+        run = audit_store.finish_run(store, run_id, status, error=error, counts=counts)
+        audit_log.log_audit_run(store, run)
+        return run
+
+    if override is None:
+        override = waiver_override(store)
     try:
         with open_directory() as directory:
             sbs = directory.sbs_hostnames()
             batch: list[dict[str, Any]] = []
             for target in _targets(directory, scope):
                 row = target_row(target, exempt_reason(settings, target, sbs))
-                if override is not None:
-                    replaced = override(row)
-                    if replaced is not None:
-                        row["verdict"], row["reason"] = replaced
+                replaced = override(row)
+                if replaced is not None:
+                    row["verdict"], row["reason"] = replaced
                 counts[row["verdict"]] += 1
                 batch.append(row)
                 if len(batch) >= BATCH:
@@ -141,16 +150,9 @@ def run_audit(
                 audit_store.add_targets(store, run_id, batch)
     except (DirectoryError, ConfigError, StorageError, NoSuchServer, OSError) as exc:
         message = f"no Exchange server named {exc}" if isinstance(exc, NoSuchServer) else str(exc)
-        run = audit_store.finish_run(store, run_id, "failed", error=message, counts=counts)
-        raise AuditFailed(message, run) from exc
+        raise AuditFailed(message, finish("failed", message)) from exc
     except BaseException as exc:
         # anything unexpected: still never leave the run looking like it is running or clean
-        audit_store.finish_run(
-            store,
-            run_id,
-            "failed",
-            error=f"internal error: {exc.__class__.__name__}",
-            counts=counts,
-        )
+        finish("failed", f"internal error: {exc.__class__.__name__}")
         raise
-    return audit_store.finish_run(store, run_id, "succeeded", counts=counts)
+    return finish("succeeded")

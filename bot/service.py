@@ -166,7 +166,6 @@ class Authguard:
                 trigger,
                 requested_by,
                 progress=keep_lease,
-                override=self.override,
             )
         except AuditFailed as exc:
             return exc.run
@@ -189,9 +188,6 @@ class Authguard:
             time.sleep(poll)
         raise TimeoutError("the running audit did not finish in time")
 
-    #: set by the waiver code: replaces a judged row's verdict (see bot.audit.Override)
-    override: Callable[[dict[str, Any]], tuple[str, str] | None] | None = None
-
     def check(self, scope: Scope, trigger: str, requested_by: str | None = None) -> AuditOutcome:
         """Re-read one server or one target now (a narrow run; many may run at once)."""
         try:
@@ -202,7 +198,6 @@ class Authguard:
                 trigger,
                 requested_by,
                 scope=scope,
-                override=self.override,
             )
         except AuditFailed as exc:
             run = exc.run

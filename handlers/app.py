@@ -16,7 +16,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot.config import Settings
-from handlers import commands, events
+from handlers import actions, commands, events
 from handlers.services import Services
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,6 @@ def build_app(services: Services, client: WebClient, socket_mode: bool = False) 
         process_before_response=False,
         logger=logging.getLogger("authguard.slack"),
     )
-    for module in (commands, events):
+    for module in (commands, events, actions):
         module.register(app, services)
     return app

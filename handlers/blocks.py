@@ -225,9 +225,13 @@ def warning_message(
     buttons = buttons or {}
     notes = notes or {}
     version = next((r["version"] for r in rows if r.get("version")), None)
+    waived_only = not resolved and all(r["verdict"] == "waived" for r in rows)
     if resolved:
         title = f"Resolved: Basic authentication on {server}"
         text = f"Resolved: no Exchange SMTP target on {server} has Basic authentication open now."
+    elif waived_only:
+        title = f"Risk accepted: Basic authentication on {server}"
+        text = f"{server}: Basic authentication is waived on {len(rows)} target(s) for now."
     else:
         title = f"Basic authentication enabled on {server}"
         severe = sum(1 for r in rows if r.get("severity") == "high")
@@ -235,7 +239,7 @@ def warning_message(
         if severe:
             text += f", {severe} severe"
     blocks: list[dict[str, Any]] = [
-        header(("✅ " if resolved else "⚠️ ") + title),
+        header(("✅ " if resolved else "⏳ " if waived_only else "⚠️ ") + title),
         context(f"Exchange server *{esc(server, 100)}* · {esc(version or 'version unknown')}"),
     ]
     if resolved:
@@ -245,7 +249,7 @@ def warning_message(
         blocks.append({**section(target_lines(row)), "block_id": f"t{index}.{revision}"[:255]})
         if notes.get(key):
             blocks.append(context(notes[key]))
-        if buttons.get(key) and not resolved:
+        if buttons.get(key) and not resolved and row["verdict"] != "ok":
             blocks.append(
                 {
                     "type": "actions",
@@ -256,7 +260,7 @@ def warning_message(
     if len(rows) > MAX_TARGETS_PER_MESSAGE:
         more = len(rows) - MAX_TARGETS_PER_MESSAGE
         blocks.append(context(f"…and {more} more: `/authguard status {esc(server, 100)}`"))
-    if not resolved:
+    if not resolved and not waived_only:
         blocks.append(DIVIDER)
         blocks.append(context(":lock: " + RISK))
     return text, blocks
@@ -341,3 +345,106 @@ def home_view(summary: Summary) -> dict[str, Any]:
 def thread_note(lines: Iterable[str]) -> str:
     """A thread reply listing what changed, one bullet a line."""
     return "\n".join(f"• {line}" for line in lines)
+
+
+# -- approvals, jobs and waivers ---------------------------------------------------------------
+
+JOB_ICON = {
+    "verified": ":white_check_mark:",
+    "dry_run": ":test_tube:",
+    "drift": ":no_entry:",
+    "failed": ":x:",
+    "not_written": ":x:",
+    "rolled_back": ":leftwards_arrow_with_hook:",
+}
+
+
+def job_note(job: dict[str, Any], approvers: Sequence[str], kind: str) -> str:
+    """The outcome of a job on a target, shown in place of its buttons."""
+    state = job.get("state") or "running"
+    who = ", ".join(esc(a, 80) for a in approvers) or esc(job.get("actor_name") or "someone", 80)
+    change = f"{esc(describe(kind, job.get('before')))} → {esc(describe(kind, job.get('after')))}"
+    stamp = when(job.get("finished_at") or job.get("started_at"))
+    label = {
+        "verified": "Fixed and verified",
+        "dry_run": "Dry run: every step but the write; nothing was changed",
+        "drift": "Stopped: the target changed since the warning; nothing was written",
+        "failed": "Failed; nothing was changed, the approved fix can be retried",
+        "not_written": "Not written (found after a restart); the fix can be retried",
+        "rolled_back": "Rolled back",
+    }.get(state, f"In progress ({state})")
+    if job.get("kind") == "rollback" and state == "verified":
+        label = "Rolled back to the previous value, verified"
+    icon = JOB_ICON.get(state, ":hourglass:")
+    text = f"{icon} *{label}* — job #{job['id']}, approved by {who}, {stamp}: {change}"
+    if job.get("observed") is not None and state == "verified":
+        text += f" (read back: {job['observed']})"
+    if job.get("error") and state not in ("verified", "dry_run"):
+        text += f"\nReason: {esc(job['error'], 300)}"
+    return text
+
+
+def approvals_note(names: Sequence[str], required: int) -> str:
+    """``Approved by alice (1 of 2): one more approver needed``."""
+    who = ", ".join(esc(n, 80) for n in names)
+    missing = required - len(names)
+    return (
+        f":ballot_box_with_check: Approved by {who} ({len(names)} of {required}): "
+        f"{missing} more approver(s) needed"
+    )
+
+
+def waiver_modal(request_id: str, server: str, name: str, default_days: int = 90) -> dict:
+    """The "accept the risk" modal: a reason and an expiry in days (at most 365)."""
+    return {
+        "type": "modal",
+        "callback_id": ActionId.WAIVER_MODAL.value,
+        "private_metadata": request_id,
+        "title": plain("Accept the risk", 24),
+        "submit": plain("Accept risk", 24),
+        "close": plain("Cancel", 24),
+        "blocks": [
+            section(
+                f"Accept Basic authentication on *{esc(name, 120)}* ({esc(server, 100)}) for a "
+                "while, for example for a partner company that cannot use anything else. The "
+                "warning comes back when the waiver expires."
+            ),
+            {
+                "type": "input",
+                "block_id": "reason",
+                "label": plain("Reason"),
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "reason",
+                    "multiline": True,
+                    "min_length": 3,
+                    "max_length": 500,
+                },
+            },
+            {
+                "type": "input",
+                "block_id": "days",
+                "label": plain("Expires after (days, at most 365)"),
+                "element": {
+                    "type": "number_input",
+                    "action_id": "days",
+                    "is_decimal_allowed": False,
+                    "initial_value": str(default_days),
+                    "min_value": "1",
+                    "max_value": "365",
+                },
+            },
+        ],
+    }
+
+
+def expired_message(request_id: str) -> tuple[str, list[dict[str, Any]]]:
+    """An expired button: say so, and offer a recheck."""
+    text = "This request has expired. Recheck the target to get fresh buttons."
+    return text, [
+        section(f":hourglass: {text}"),
+        {
+            "type": "actions",
+            "elements": [Button(ActionId.RECHECK, "Recheck now", request_id).element()],
+        },
+    ]

@@ -37,6 +37,7 @@ from storage import chat as chat_store
 log = logging.getLogger(__name__)
 
 OPEN_VERDICTS = {"warning", "unknown"}
+SHOWN = OPEN_VERDICTS | {"waived"}  # a server's warning stays up while any target is one of these
 NOTIFY_LOCK = "notify"
 # (server, open rows, revision) -> (buttons by target key, notes by target key)
 Decorate = Callable[[str, Sequence[dict[str, Any]], str], tuple[dict, dict]]
@@ -175,15 +176,21 @@ class Notifier:
             existing = chat_store.all_warnings(self.store)
         seen: set[str] = set()
         for server, group in groupby(rows, key=lambda r: r["server"]):
-            open_rows = [r for r in group if r["verdict"] in OPEN_VERDICTS]
-            if not open_rows:
+            kept = existing.get(server.lower())
+            tracked = set(json.loads(kept["detail"])) if kept and kept.get("detail") else set()
+            shown = [r for r in group if r["verdict"] in SHOWN or r["target_key"] in tracked]
+            if not any(r["verdict"] in SHOWN for r in shown):
+                if kept and kept["state"] == chat_store.OPEN:
+                    self._resolve(kept, shown, stats)
                 continue
             seen.add(server.lower())
-            self._one(server, open_rows, existing.get(server.lower()), stats)
+            self._one(server, shown, kept, stats)
         for key, kept in existing.items():
-            if key not in seen and kept["state"] == chat_store.OPEN:
-                self._resolve(kept, stats)
-            elif key not in seen and kept["state"] == chat_store.PENDING:
+            if key in seen:
+                continue
+            if kept["state"] == chat_store.OPEN and only_server is None:
+                self._resolve(kept, [], stats)  # the server is gone from the directory
+            elif kept["state"] == chat_store.PENDING:
                 chat_store.save_warning(self.store, kept["server"], state=chat_store.RESOLVED)
         return stats
 
@@ -204,7 +211,7 @@ class Notifier:
     def _render(self, server: str, rows: Sequence[dict[str, Any]], resolved: bool = False):
         revision = str(int(time.time() * 1000))
         buttons, notes = ({}, {})
-        if self.decorate is not None and not resolved:
+        if self.decorate is not None:
             buttons, notes = self.decorate(server, rows, revision)
         return blocks.warning_message(
             server, rows, resolved=resolved, buttons=buttons, notes=notes, revision=revision
@@ -265,9 +272,8 @@ class Notifier:
         )
         stats.posted += 1
 
-    def _resolve(self, kept: dict[str, Any], stats: SyncStats) -> None:
+    def _resolve(self, kept: dict[str, Any], rows: list[dict[str, Any]], stats: SyncStats) -> None:
         server = kept["server"]
-        rows = audit_store.current_targets(self.store, server)
         text, body = self._render(server, rows, resolved=True)
         updated = self._call(
             "chat_update", channel=kept["channel"], ts=kept["ts"], text=text, blocks=body

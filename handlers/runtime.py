@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from bot import remediation
 from bot.config import Settings
 from bot.directory import Directory, connect
 from bot.scheduler import build_scheduler
@@ -20,6 +21,7 @@ from bot.summary import build_summary
 from handlers import blocks
 from handlers.app import build_app, make_client
 from handlers.notifier import Notifier, Pacer
+from handlers.offers import Offers
 from handlers.server import http_server, socket_mode_handler
 from handlers.services import Services
 from storage import chat as chat_store
@@ -51,7 +53,13 @@ class Runtime:
         self.store = open_store(settings.db)
         self.core = Authguard(settings, self.store, open_directory or (lambda: connect(settings)))
         self.client = make_client(settings)
-        self.notifier = Notifier(self.client, self.store, settings.slack_channel or "", pacer)
+        self.notifier = Notifier(
+            self.client,
+            self.store,
+            settings.slack_channel or "",
+            pacer,
+            decorate=Offers(settings, self.store),
+        )
         self.core.on_audit(self.notifier.on_audit)
         self.services = Services(settings, self.store, self.core, self.notifier)
         self.app = build_app(self.services, self.client, socket_mode=socket_mode)
@@ -95,8 +103,22 @@ class Runtime:
         return report
 
     def start(self) -> None:
-        """Start the scheduler (the listeners are served by :meth:`serve_http` or socket mode)."""
+        """Settle jobs a crash left unfinished, then start the scheduler (the listeners are
+        served by :meth:`serve_http` or socket mode)."""
+        self.reconcile()
         self.scheduler.start()
+
+    def reconcile(self) -> list[Any]:
+        """Find remediation jobs left unfinished by a crash, record what the directory says
+        actually happened (never writing again), and redraw their warnings."""
+        results = remediation.reconcile_unfinished(
+            self.settings, self.store, self.core.open_directory
+        )
+        for result in results:
+            log.warning("reconciled job %s: %s", result.job_id, result.message)
+            if result.server:
+                self.notifier.refresh(result.server)
+        return results
 
     def http(self, host: str, port: int) -> Any:
         """The HTTP server, not yet running (``.run()``); ``.effective_port`` tells the port."""

@@ -69,3 +69,24 @@ def first_time_seen(store: Store, event_id: str, keep_days: int = 2) -> bool:
             "insert or ignore into seen_events (event_id, at) values (?, ?)", [event_id, now_iso()]
         )
         return cursor.rowcount == 1
+
+
+def latest_job(store: Store, target_key: str, since: str | None = None) -> dict[str, Any] | None:
+    """The newest remediation job on a target (started at or after ``since``), or ``None``."""
+    where, args = "target_key = ?", [target_key]
+    if since:
+        where += " and started_at >= ?"
+        args.append(since)
+    rows = list(store.db["jobs"].rows_where(where, args, order_by="id desc", limit=1))
+    return rows[0] if rows else None
+
+
+def approver_names(store: Store, request_id: str | None) -> list[str]:
+    """Names (or ids) of the people who approved a request, in order."""
+    if not request_id:
+        return []
+    rows = store.db.query(
+        "select user_id, user_name from approvals where request_id = ? order by rowid",
+        [request_id],
+    )
+    return [r["user_name"] or r["user_id"] for r in rows]

@@ -1,0 +1,224 @@
+"""Button clicks and the waiver modal: where a click on a warning goes.
+
+- ``approve_fix`` / ``require_tls``: approver middleware, ack, then (lazily) record the approval
+  and, once enough approvers agreed, run the controlled remediation job.
+- ``accept_risk``: approver middleware, then open the waiver modal (at once: its trigger expires).
+- ``accept_risk_modal`` (view submission): approver middleware, validate, grant the waiver.
+- ``recheck``: anyone; re-read that one target and redraw the warning.
+
+Button values are opaque request ids; a made-up or stale id changes nothing and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt import Ack, App, BoltContext
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot import remediation, waivers
+from bot.audit import Scope
+from handlers import blocks
+from handlers.approvers import Approvers, require_approver
+from handlers.blocks import ActionId
+from handlers.replies import who
+from handlers.services import Services
+from storage import audits as audit_store
+from storage import remediation as rs
+
+log = logging.getLogger(__name__)
+
+
+def _clicker(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    user = body.get("user") or {}
+    return user.get("id"), user.get("username") or user.get("name")
+
+
+def _value(body: dict[str, Any]) -> str:
+    return str((body.get("actions") or [{}])[0].get("value") or "")[:200]
+
+
+def _where(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    container = body.get("container") or {}
+    channel = (body.get("channel") or {}).get("id") or container.get("channel_id")
+    return channel, container.get("message_ts") or (body.get("message") or {}).get("ts")
+
+
+class Clicks:
+    """The slow halves of the listeners (run after the ack), sharing the services."""
+
+    def __init__(self, services: Services, client: WebClient) -> None:
+        self.services = services
+        self.client = client
+
+    # -- replies ---------------------------------------------------------------------------
+    def tell(self, body: dict[str, Any], text: str, blocks_: list | None = None) -> None:
+        """An ephemeral reply to the person who clicked."""
+        channel, _ = _where(body)
+        user_id, _ = _clicker(body)
+        if not channel or not user_id:
+            return
+        try:
+            self.client.chat_postEphemeral(channel=channel, user=user_id, text=text, blocks=blocks_)
+        except (SlackApiError, SlackClientError, OSError) as exc:
+            log.warning("ephemeral reply failed: %s", exc)
+
+    def thread(self, server: str, text: str) -> None:
+        """A reply in the thread of the server's warning message."""
+        from storage import chat as chat_store
+
+        kept = chat_store.get_warning(self.services.store, server)
+        if not kept or not kept.get("ts"):
+            return
+        try:
+            self.client.chat_postMessage(channel=kept["channel"], thread_ts=kept["ts"], text=text)
+        except (SlackApiError, SlackClientError, OSError) as exc:
+            log.warning("thread reply failed: %s", exc)
+
+    def redraw(self, server: str) -> None:
+        if self.services.notifier is not None:
+            self.services.notifier.refresh(server)
+
+    def recheck_target(self, request: dict[str, Any], asked_by: str) -> dict[str, Any]:
+        outcome = self.services.core.check(Scope("target", request["dn"]), "chat", asked_by)
+        self.redraw(request["server"])
+        return outcome.run
+
+    # -- approvals -------------------------------------------------------------------------
+    def approve(self, body: dict[str, Any], context: BoltContext) -> None:
+        settings, store = self.services.settings, self.services.store
+        user_id, user_name = context.get("approver") or _clicker(body)
+        request_id = _value(body)
+        result = remediation.approve(settings, store, request_id, user_id, user_name, True)
+        if result.outcome == remediation.EXPIRED:
+            text, body_blocks = blocks.expired_message(request_id)
+            self.tell(body, text, body_blocks)
+            return
+        if not result.ok:
+            self.tell(body, result.message)
+            return
+        request = result.request or {}
+        if not result.ready:
+            self.tell(body, result.message)
+            self.redraw(request["server"])
+            return
+        outcome = remediation.run_job(
+            settings,
+            store,
+            self.services.core.open_directory,
+            request_id,
+            remediation.Actor(user_id, user_name),
+        )
+        self.after_job(request, outcome, who(user_id, user_name))
+
+    def after_job(
+        self, request: dict[str, Any], outcome: remediation.JobResult, asked_by: str
+    ) -> None:
+        """Report a job in the warning's thread, re-read the target and redraw the message."""
+        if outcome.outcome in (remediation.ALREADY_RUNNING, remediation.ALREADY_DONE):
+            return
+        approvers = ", ".join(a.user_name or a.user_id for a in outcome.approvals)
+        prefix = "[dry run] " if outcome.dry_run else ""
+        text = f"{prefix}{request['name']}: {outcome.message}"
+        if outcome.change:
+            text += f"\nFlags: {outcome.change}"
+        if approvers:
+            text += f"\nApproved by {approvers}."
+        self.thread(request["server"], blocks.esc(text, 2000))
+        self.recheck_target(request, asked_by)
+
+    # -- waivers and rechecks --------------------------------------------------------------
+    def open_waiver(self, body: dict[str, Any]) -> None:
+        request = rs.get_request(self.services.store, _value(body))
+        if request is None:
+            self.tell(body, "That button is no longer valid: recheck the server for fresh ones.")
+            return
+        view = blocks.waiver_modal(request["id"], request["server"], request["name"])
+        self.client.views_open(trigger_id=body["trigger_id"], view=view)
+
+    def grant(self, body: dict[str, Any], context: BoltContext, reason: str, days: int) -> None:
+        settings, store = self.services.settings, self.services.store
+        user_id, user_name = context.get("approver") or _clicker(body)
+        request = rs.get_request(store, body["view"].get("private_metadata") or "")
+        if request is None:
+            return
+        waiver = waivers.grant_waiver(
+            settings, store, request, reason, days, user_id, user_name, is_approver=True
+        )
+        self.thread(
+            request["server"],
+            blocks.esc(
+                f"Risk accepted on {request['name']} by {user_name or user_id} "
+                f"until {waiver['expires_at'][:10]}: {reason}",
+                2000,
+            ),
+        )
+        self.recheck_target(request, who(user_id, user_name))
+
+    def recheck(self, body: dict[str, Any]) -> None:
+        request = rs.get_request(self.services.store, _value(body))
+        if request is None:
+            self.tell(body, "That button is no longer valid: recheck the server for fresh ones.")
+            return
+        user_id, user_name = _clicker(body)
+        run = self.recheck_target(request, who(user_id, user_name))
+        if run.get("status") != "succeeded":
+            self.tell(body, f"The recheck failed: {run.get('error')}")
+            return
+        rows = list(audit_store.iter_run_targets(self.services.store, run["id"]))
+        if not rows:
+            self.tell(body, f"{request['name']} no longer exists in the directory.")
+        else:
+            row = rows[0]
+            self.tell(body, f"Rechecked {row['name']}: {row['verdict']} ({row['reason']}).")
+
+
+def _waiver_input(view: dict[str, Any]) -> tuple[str, str]:
+    values = (view.get("state") or {}).get("values") or {}
+    reason = ((values.get("reason") or {}).get("reason") or {}).get("value") or ""
+    days = ((values.get("days") or {}).get("days") or {}).get("value") or ""
+    return reason, str(days)
+
+
+def register(app: App, services: Services) -> None:
+    approvers = Approvers(services.settings, app.client)
+    only_approvers = require_approver(approvers, services.store)
+    clicks = Clicks(services, app.client)
+
+    def ack_now(ack: Ack) -> None:
+        ack()
+
+    def approve(body: dict[str, Any], context: BoltContext) -> None:
+        clicks.approve(body, context)
+
+    for action in (ActionId.APPROVE_FIX, ActionId.REQUIRE_TLS):
+        app.action(action.value, middleware=[only_approvers])(ack=ack_now, lazy=[approve])
+
+    @app.action(ActionId.ACCEPT_RISK.value, middleware=[only_approvers])
+    def accept_risk(ack: Ack, body: dict[str, Any]) -> None:
+        ack()
+        clicks.open_waiver(body)
+
+    def recheck(body: dict[str, Any]) -> None:
+        clicks.recheck(body)
+
+    app.action(ActionId.RECHECK.value)(ack=ack_now, lazy=[recheck])
+
+    def ack_waiver(ack: Ack, view: dict[str, Any]) -> None:
+        reason, days = _waiver_input(view)
+        try:
+            waivers.validate(reason, days)
+        except waivers.WaiverRefused as exc:
+            field = "days" if "day" in str(exc).lower() else "reason"
+            ack(response_action="errors", errors={field: str(exc)[:150]})
+            return
+        ack()
+
+    def grant(body: dict[str, Any], context: BoltContext, view: dict[str, Any]) -> None:
+        reason, days = _waiver_input(view)
+        text, count = waivers.validate(reason, days)
+        clicks.grant(body, context, text, count)
+
+    app.view(ActionId.WAIVER_MODAL.value, middleware=[only_approvers])(ack=ack_waiver, lazy=[grant])

@@ -1,0 +1,131 @@
+"""Who may approve: ``AUTHGUARD_APPROVERS`` user ids, and user groups resolved through Slack.
+
+The check is Bolt listener middleware on every approval action and on waivers: a click from
+anyone else changes nothing, gets an ephemeral "you are not an approver for authguard", and is
+written to the audit log.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import Ack, BoltContext
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError, SlackClientError
+
+from bot.config import Settings
+from storage import Store, audit_log
+from storage import remediation as rs
+
+log = logging.getLogger(__name__)
+
+GROUP_CACHE_SECONDS = 120.0
+NOT_APPROVER = "You are not an approver for authguard."
+NO_APPROVERS = (
+    "Nobody can approve authguard fixes or waivers yet: no approvers are configured. "
+    "An admin sets AUTHGUARD_APPROVERS to Slack user ids (U..., W...) or user group ids (S...)."
+)
+
+
+class Approvers:
+    """Decides whether a Slack user may approve, resolving user groups (cached briefly)."""
+
+    def __init__(
+        self, settings: Settings, client: WebClient, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.users = {a for a in settings.approvers if a[0] in "UW"}
+        self.groups = [a for a in settings.approvers if a[0] == "S"]
+        self.client = client
+        self.clock = clock
+        self._cache: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.users or self.groups)
+
+    def members(self, group: str) -> frozenset[str]:
+        """The users of a user group; a failed lookup counts as nobody (fail closed)."""
+        now = self.clock()
+        with self._lock:
+            cached = self._cache.get(group)
+            if cached and now - cached[0] < GROUP_CACHE_SECONDS:
+                return cached[1]
+        try:
+            users = frozenset(self.client.usergroups_users_list(usergroup=group)["users"])
+        except (SlackApiError, SlackClientError, OSError, KeyError) as exc:
+            log.warning("cannot read the members of user group %s: %s", group, exc)
+            return frozenset()
+        with self._lock:
+            self._cache[group] = (now, users)
+        return users
+
+    def allows(self, user_id: str | None) -> bool:
+        if not user_id:
+            return False
+        if user_id in self.users:
+            return True
+        return any(user_id in self.members(group) for group in self.groups)
+
+
+def _user(body: dict[str, Any]) -> tuple[str | None, str | None]:
+    user = body.get("user") or {}
+    return user.get("id"), user.get("username") or user.get("name")
+
+
+def _request_id(body: dict[str, Any]) -> str | None:
+    actions = body.get("actions") or []
+    if actions:
+        return actions[0].get("value")
+    view = body.get("view") or {}
+    return view.get("private_metadata") or None
+
+
+def _what(body: dict[str, Any]) -> str:
+    actions = body.get("actions") or []
+    if actions:
+        return str(actions[0].get("action_id"))
+    return str((body.get("view") or {}).get("callback_id"))
+
+
+def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
+    """Listener middleware: only approvers pass; others are refused, told so, and logged."""
+
+    def middleware(
+        ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient, next: Callable
+    ) -> None:
+        user_id, user_name = _user(body)
+        if approvers.configured and approvers.allows(user_id):
+            context["approver"] = (user_id, user_name)
+            next()
+            return
+        message = NOT_APPROVER if approvers.configured else NO_APPROVERS
+        request_id = _request_id(body)
+        request = rs.get_request(store, request_id) if request_id else None
+        audit_log.append(
+            store,
+            "denial",
+            user_id=user_id,
+            user_name=user_name,
+            target_dn=request["dn"] if request else None,
+            request_id=request_id,
+            detail={"action": _what(body), "reason": message, "known_request": bool(request)},
+        )
+        if body.get("type") == "view_submission":
+            ack(response_action="errors", errors={"reason": message})
+            return
+        ack()
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
+            "channel_id"
+        )
+        if channel and user_id:
+            try:
+                client.chat_postEphemeral(channel=channel, user=user_id, text=message)
+            except (SlackApiError, SlackClientError, OSError) as exc:
+                log.warning("could not tell %s they are not an approver: %s", user_id, exc)
+
+    return middleware
