@@ -7,13 +7,14 @@ written to the audit log.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from slack_bolt import Ack, BoltContext
+from slack_bolt import BoltContext, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
@@ -96,13 +97,13 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
     """Listener middleware: only approvers pass; others are refused, told so, and logged."""
 
     def middleware(
-        ack: Ack, body: dict[str, Any], context: BoltContext, client: WebClient, next: Callable
-    ) -> None:
+        body: dict[str, Any], context: BoltContext, client: WebClient, next: Callable
+    ) -> BoltResponse | None:
         user_id, user_name = _user(body)
         if approvers.configured and approvers.allows(user_id):
             context["approver"] = (user_id, user_name)
             next()
-            return
+            return None
         message = NOT_APPROVER if approvers.configured else NO_APPROVERS
         request_id = _request_id(body)
         request = rs.get_request(store, request_id) if request_id else None
@@ -116,9 +117,12 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
             detail={"action": _what(body), "reason": message, "known_request": bool(request)},
         )
         if body.get("type") == "view_submission":
-            ack(response_action="errors", errors={"reason": message})
-            return
-        ack()
+            errors = {"response_action": "errors", "errors": {"reason": message}}
+            return BoltResponse(
+                status=200,
+                body=json.dumps(errors),
+                headers={"content-type": "application/json;charset=utf-8"},
+            )
         channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
             "channel_id"
         )
@@ -127,5 +131,6 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
                 client.chat_postEphemeral(channel=channel, user=user_id, text=message)
             except (SlackApiError, SlackClientError, OSError) as exc:
                 log.warning("could not tell %s they are not an approver: %s", user_id, exc)
+        return BoltResponse(status=200, body="")  # acknowledged; the listener does not run
 
     return middleware
