@@ -146,6 +146,9 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
     except StorageError as exc:
         progress.done()
         fail(str(exc))
+    except Exception as exc:  # a bug: still exit 2 (error), never 1 (findings)
+        progress.done()
+        _internal_error(exc)
     progress.done()
     rows = audit_store.iter_run_targets(store, run["id"])
     if as_json:
@@ -156,6 +159,12 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
         click.echo("")
         click.echo(summary_line(run))
     sys.exit(_exit_code(run))
+
+
+def _internal_error(exc: Exception) -> NoReturn:
+    """An unexpected exception (the run is recorded as failed): exit 2, not Python's 1."""
+    detail = " ".join(str(exc).split())[:300]
+    fail(f"internal error ({exc.__class__.__name__}{': ' + detail if detail else ''})")
 
 
 def _whoami() -> str | None:
@@ -190,8 +199,9 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
         fail("give an Exchange server name (printable, at most 256 characters)")
     store = context.store(sample_mode=sample)
     if live:
+        # what was just read is the latest state: show it even before any full audit
         try:
-            run_audit(
+            run = run_audit(
                 context.settings,
                 store,
                 context.directory_opener(sample_mode=sample),
@@ -201,21 +211,28 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
             )
         except AuditFailed as exc:
             if exc.run.get("error", "").startswith("no Exchange server named"):
-                _not_found(store, server)
+                _not_found(store, server, in_directory=True)
+            fail(f"live check {exc.run['id']} failed: {exc}")
+        except StorageError as exc:
             fail(str(exc))
-    rows = audit_store.current_targets(store, server)
-    if not rows:
-        _not_found(store, server)
+        except Exception as exc:  # a bug: still exit 2 (error), never 1 (findings)
+            _internal_error(exc)
+        rows = list(audit_store.iter_run_targets(store, run["id"]))
+    else:
+        rows = audit_store.current_targets(store, server)
+        if not rows:
+            _not_found(store, server)
     if as_json:
         import json
 
         from bot.report import target_json
 
+        name = rows[0]["server"] if rows else server
         click.echo(
-            json.dumps(
-                {"server": rows[0]["server"], "targets": [target_json(r) for r in rows]}, indent=1
-            )
+            json.dumps({"server": name, "targets": [target_json(r) for r in rows]}, indent=1)
         )
+    elif not rows:
+        click.echo(f"{server}: no SMTP virtual server or receive connector")
     else:
         for line in table_lines(rows, style=_style):
             click.echo(line)
@@ -224,12 +241,216 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
     sys.exit(_exit_code(rows))
 
 
-def _not_found(store: Store, server: str) -> NoReturn:
-    if audit_store.latest_run(store, status="succeeded") is None:
-        fail("no audit has succeeded yet: run `authguard audit` first")
+def _not_found(store: Store, server: str, in_directory: bool = False) -> NoReturn:
     matches = close_matches(server, audit_store.known_servers(store))
     hint = f"; did you mean {', '.join(matches)}?" if matches else ""
+    if in_directory:
+        fail(f"no Exchange server named {server!r} in the directory{hint}")
+    if audit_store.latest_run(store, status="succeeded") is None:
+        fail("no audit has succeeded yet: run `authguard audit` first")
     fail(f"no Exchange server named {server!r} in the latest audit{hint}")
+
+
+@main.command()
+@click.option(
+    "--http",
+    "http_mode",
+    is_flag=True,
+    help="Serve HTTP on POST /slack/events instead of Socket Mode.",
+)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="HTTP mode: address to listen on."
+)
+@click.option(
+    "--port",
+    default=3000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="HTTP mode: port.",
+)
+@click.option(
+    "--sample", is_flag=True, help="Audit the bundled sample forest instead of AD (for a trial)."
+)
+@pass_context
+def serve(context: Context, http_mode: bool, host: str, port: int, sample: bool) -> None:
+    """Run the Slack bot: Socket Mode (SLACK_APP_TOKEN) or --http (SLACK_SIGNING_SECRET).
+
+    Also needs SLACK_BOT_TOKEN and AUTHGUARD_SLACK_CHANNEL; runs the scheduled audit and summary.
+    """
+    from bot.logs import redact, secrets_of, setup_logging
+    from handlers.runtime import Runtime  # the Slack layer, loaded only for this command
+
+    settings = context.settings
+    setup_logging(settings)
+    if sample and "db" not in settings.explicit:
+        from dataclasses import replace
+
+        settings = replace(settings, db=SAMPLE_DB)
+    try:
+        runtime = Runtime(
+            settings,
+            socket_mode=not http_mode,
+            open_directory=context.directory_opener(sample_mode=sample),
+        )
+    except (ConfigError, StorageError) as exc:
+        fail(str(exc))
+    except Exception as exc:  # e.g. Slack refused the bot token at start
+        reason = redact(str(exc), secrets_of(settings))[:300]
+        fail(f"cannot start: {exc.__class__.__name__}: {reason}")
+    if http_mode:
+        runtime.serve_http(host, port)
+    else:
+        runtime.serve_socket()
+
+
+# -- remediation jobs and the audit log ------------------------------------------------------
+
+
+def _existing_store(context: Context) -> Store:
+    """The configured database; a missing file is an error (never create an empty one here)."""
+    from pathlib import Path
+
+    path = context.settings.db
+    if path != ":memory:" and not Path(path).is_file():
+        fail(f"no authguard database at {path} (set AUTHGUARD_DB or --db)")
+    return context.store()
+
+
+@main.group()
+def remediate() -> None:
+    """Remediation jobs: list recent ones, roll one back (exit 0 ok, 1 refused/failed)."""
+
+
+@remediate.command("list")
+@click.option(
+    "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help="How many."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs as JSON lines.")
+@pass_context
+def remediate_list(context: Context, limit: int, as_json: bool) -> None:
+    """Show the most recent remediation and rollback jobs, newest first."""
+    import json
+
+    from bot.rules import describe
+    from storage.remediation import recent_jobs
+
+    store = _existing_store(context)
+    try:
+        jobs = recent_jobs(store, limit)
+    except StorageError as exc:
+        fail(str(exc))
+    if as_json:
+        for job in jobs:
+            click.echo(json.dumps(job, ensure_ascii=False))
+        return
+    if not jobs:
+        click.echo("no remediation jobs yet")
+        return
+    click.echo(
+        f"{'JOB':>5}  {'KIND':8}  {'MODE':7}  {'STATE':11}  {'SERVER':16}  {'NAME':28}  "
+        "CHANGE  (STARTED, BY)"
+    )
+    for job in jobs:
+        kind = job.get("target_kind")
+        change = (
+            f"{describe(kind, job['before'])} -> {describe(kind, job['after'])}"
+            if kind
+            else f"{job['before']} -> {job['after']}"
+        )
+        note = f", rolls back job {job['rolls_back_job_id']}" if job["rolls_back_job_id"] else ""
+        who = job["actor_name"] or job["actor_id"] or "?"
+        click.echo(
+            f"{job['id']:>5}  {job['kind']:8}  {job['mode']:7}  {job['state']:11}  "
+            f"{str(job.get('server') or '')[:16]:16}  {str(job.get('name') or '')[:28]:28}  "
+            f"{change}  ({job['started_at'][:19].replace('T', ' ')}, {who}{note})"
+        )
+
+
+@remediate.command("rollback")
+@click.argument("job_id", type=click.IntRange(min=1))
+@pass_context
+def remediate_rollback(context: Context, job_id: int) -> None:
+    """Restore the value that fix job JOB_ID replaced (compare-and-swap, verified, logged).
+
+    Refused when the value moved since the job, for a dry run, a job that changed nothing, or
+    one already rolled back. The OS user is recorded as the actor.
+    """
+    from bot.remediation import NOT_FOUND, Actor, rollback
+
+    store = _existing_store(context)
+    actor = Actor(None, f"{_whoami() or 'unknown'} (cli)")
+    try:
+        result = rollback(context.settings, store, context.directory_opener(), job_id, actor)
+    except StorageError as exc:
+        fail(str(exc))
+    if result.outcome == NOT_FOUND:
+        fail(result.message)
+    prefix = f"rollback job {result.job_id}: " if result.job_id not in (None, job_id) else ""
+    click.echo(prefix + result.message)
+    sys.exit(0 if result.ok else 1)
+
+
+@main.group("log")
+def log_group() -> None:
+    """The tamper-evident audit log: verify its hash chain, export it for an auditor."""
+
+
+@log_group.command("verify")
+@pass_context
+def log_verify(context: Context) -> None:
+    """Recompute the hash chain: exit 0 when intact, 1 naming the first bad row."""
+    from storage.audit_log import head, verify_log
+
+    store = _existing_store(context)
+    try:
+        ok, bad_id, why = verify_log(store)
+        last = head(store)
+    except StorageError as exc:
+        fail(str(exc))
+    if ok:
+        anchor = f"; head row {last['id']} hash {last['hash']}" if last else ""
+        click.echo(f"audit log {why}{anchor}")
+        sys.exit(0)
+    click.echo(f"audit log TAMPERED: first bad row {bad_id}: {why}", err=True)
+    sys.exit(1)
+
+
+@log_group.command("export")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="JSON lines or CSV (with a header row).",
+)
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Only rows from this UTC day on (YYYY-MM-DD).",
+)
+@pass_context
+def log_export(context: Context, fmt: str, since: Any) -> None:
+    """Write the audit log to stdout, oldest first, with every row's hash and prev_hash."""
+    import csv
+    import json
+
+    from storage.audit_log import COLUMNS, export_log
+
+    store = _existing_store(context)
+    out = click.get_text_stream("stdout")
+    rows = export_log(store, since.date() if since else None)
+    try:
+        if fmt == "csv":
+            writer = csv.DictWriter(out, fieldnames=list(COLUMNS), lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(row)
+        else:
+            for row in rows:
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except StorageError as exc:
+        fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -126,11 +126,14 @@ def find_open_request(
 
 
 def supersede_requests(db: Database, target_key: str, action: str, keep_id: str, now: str) -> int:
-    """Mark other pending requests of the same target and action ``superseded``; return how many."""
+    """Close other pending requests of the same target and action; return how many.
+
+    They become ``superseded``, or ``expired`` when their time had run out anyway.
+    """
     cursor = db.execute(
-        "update fix_requests set status = ?, updated_at = ? "
-        "where target_key = ? and action = ? and status = ? and id != ?",
-        [SUPERSEDED, now, target_key, action, PENDING, keep_id],
+        "update fix_requests set status = case when expires_at <= ? then ? else ? end, "
+        "updated_at = ? where target_key = ? and action = ? and status = ? and id != ?",
+        [now, EXPIRED, SUPERSEDED, now, target_key, action, PENDING, keep_id],
     )
     return cursor.rowcount
 
@@ -175,7 +178,9 @@ def recent_requests(store: Store, limit: int = 50) -> list[dict[str, Any]]:
 # -- approvals ------------------------------------------------------------------------------
 
 
-def add_approval(db: Database, request_id: str, user_id: str, user_name: str | None, at: str) -> bool:
+def add_approval(
+    db: Database, request_id: str, user_id: str, user_name: str | None, at: str
+) -> bool:
     """Record ``user_id``'s approval; False when that user had already approved this request."""
     seen = db.execute(
         "select 1 from approvals where request_id = ? and user_id = ?", [request_id, user_id]
@@ -226,6 +231,11 @@ def move_job(
         [to_state, *fields.values(), int(job_id), *states],
     )
     return cursor.rowcount == 1
+
+
+def note_job_error(db: Database, job_id: int, error: str) -> None:
+    """Record an error on a job without changing its state (an outcome not yet known)."""
+    db.execute("update jobs set error = ? where id = ?", [error, int(job_id)])
 
 
 def unfinished_job_for_target(db: Database, target_key: str) -> dict[str, Any] | None:
