@@ -69,7 +69,7 @@ class Runtime:
             {
                 "audit": self.scheduled_audit,
                 "summary": self.post_summary,
-                "retry": self.notifier.retry_pending,
+                "retry": self.maintenance,
             },
         )
         self._server: Any = None
@@ -78,6 +78,13 @@ class Runtime:
     # -- scheduled jobs --------------------------------------------------------------------
     def scheduled_audit(self) -> None:
         self.core.audit(trigger="schedule", requested_by="scheduler")
+
+    def maintenance(self) -> None:
+        """Every few minutes: settle jobs whose process died, expire old requests, and deliver
+        warnings that Slack refused earlier."""
+        self.reconcile()
+        remediation.expire_requests(self.store)
+        self.notifier.retry_pending()
 
     def post_summary(self) -> str | None:
         """Post the daily summary to the channel; return the message ts."""

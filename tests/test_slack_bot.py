@@ -246,7 +246,7 @@ def test_a_failed_post_is_kept_and_delivered_later(bot):
     audit_now(bot)
     pending = [w for w in bot.runtime.store.db["warning_messages"].rows if w["state"] == "pending"]
     assert len(pending) == 1
-    bot.runtime.notifier.retry_pending()
+    bot.runtime.scheduler.get_job("retry").func()  # the retry job, as the scheduler runs it
     states = {w["server"]: w["state"] for w in bot.runtime.store.db["warning_messages"].rows}
     assert states == {"EXA": "open", "EXB": "open"}
     assert len(channel_posts(bot.fake)) == 3  # the refused post, its retry, the other warning
