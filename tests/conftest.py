@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.forest import ServerSpec, write_forest
-from tests.slapd_server import SlapdServer
+from tests.forest import ServerSpec
+from tests.slapd_server import private_slapd
 
 # ---------------------------------------------------------------------------
 # 1. Directory: default forest + session slapd
@@ -97,12 +97,5 @@ DEFAULT_SERVERS: tuple[ServerSpec, ...] = (
 @pytest.fixture(scope="session")
 def slapd(tmp_path_factory: pytest.TempPathFactory):
     """A private slapd loaded with DEFAULT_SERVERS, shared by the whole session."""
-    workdir = tmp_path_factory.mktemp("slapd")
-    ldif = workdir / "default-forest.ldif"
-    write_forest(ldif, DEFAULT_SERVERS)
-    server = SlapdServer(workdir / "server")
-    server.start([ldif])
-    try:
+    with private_slapd(tmp_path_factory, "slapd", DEFAULT_SERVERS) as server:
         yield server
-    finally:
-        server.stop()

@@ -23,12 +23,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import ldap3
 
-from tests.forest import BASE, RO_PASSWORD, SVC_PASSWORD, ro_dn, svc_dn
+from tests.forest import BASE, RO_PASSWORD, SVC_PASSWORD, ServerSpec, ro_dn, svc_dn, write_forest
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
 MODULE_DIR = Path("/usr/lib/ldap")
@@ -441,3 +443,21 @@ class SlapdServer:
                 raise RuntimeError(f"modify {dn!r} failed: {conn.result}")
         finally:
             conn.unbind()
+
+
+@contextmanager
+def private_slapd(
+    tmp_path_factory: Any, name: str, servers: Iterable[ServerSpec]
+) -> Iterator[SlapdServer]:
+    """A slapd of its own, loaded with ``servers``; ``server.forest`` is the LDIF, so a test
+    can put the directory back with ``server.reset([server.forest])``."""
+    workdir = tmp_path_factory.mktemp(name)
+    ldif = workdir / "forest.ldif"
+    write_forest(ldif, servers)
+    server = SlapdServer(workdir / "server")
+    server.forest = ldif
+    server.start([ldif])
+    try:
+        yield server
+    finally:
+        server.stop()

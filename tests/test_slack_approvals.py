@@ -9,8 +9,8 @@ import time
 import pytest
 
 from tests.botharness import CHANNEL, BotHarness
-from tests.forest import ServerSpec, connector_dn, vserver_dn, write_forest
-from tests.slapd_server import SlapdServer
+from tests.forest import ServerSpec, connector_dn, vserver_dn
+from tests.slapd_server import private_slapd
 
 EXA = ServerSpec("EXA", smtp_flags=[7])  # Basic on, fix: 7 -> 5
 EXO = ServerSpec("EXO", smtp_flags=[2])  # Basic is the only method: no fix button
@@ -26,14 +26,9 @@ APPROVER, GROUP_MEMBER, STRANGER = "U1", "U3", "U2"
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    work = tmp_path_factory.mktemp("approvals-slapd")
-    ldif = work / "forest.ldif"
-    write_forest(ldif, SERVERS)
-    server = SlapdServer(work / "server")
-    server.start([ldif])
-    server.forest = ldif
-    yield server
-    server.stop()
+    """A private slapd for this module: these tests change flags and stop the server."""
+    with private_slapd(tmp_path_factory, "approvals-slapd", SERVERS) as server:
+        yield server
 
 
 def flags_in_directory(directory, dn: str, attribute: str = "msExchAuthenticationFlags"):

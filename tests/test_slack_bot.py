@@ -9,8 +9,8 @@ import pytest
 
 from tests import slackreq
 from tests.botharness import CHANNEL, SIGNING_SECRET, BotHarness
-from tests.forest import ServerSpec, vserver_dn, write_forest
-from tests.slapd_server import SlapdServer
+from tests.forest import ServerSpec, vserver_dn
+from tests.slapd_server import private_slapd
 
 EXA = ServerSpec("EXA", smtp_flags=[7])  # Basic on: warning
 EXB = ServerSpec(
@@ -32,14 +32,8 @@ SERVERS = (EXA, EXB, EXC, SBS)
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
     """A private slapd for this module: these tests change flags and stop the server."""
-    work = tmp_path_factory.mktemp("slack-slapd")
-    ldif = work / "forest.ldif"
-    write_forest(ldif, SERVERS)
-    server = SlapdServer(work / "server")
-    server.start([ldif])
-    server.forest = ldif
-    yield server
-    server.stop()
+    with private_slapd(tmp_path_factory, "slack-slapd", SERVERS) as server:
+        yield server
 
 
 @pytest.fixture
