@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from slack_bolt import App
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import (
     ConnectionErrorRetryHandler,
@@ -38,6 +39,14 @@ def make_client(settings: Settings) -> WebClient:
     )
 
 
+class _TokenFromEnvironmentIsExpected(logging.Filter):
+    """Bolt warns that SLACK_BOT_TOKEN is unused when a client is given; we give one on purpose
+    (for the API URL and the retry handlers), built from that very token."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
 def build_app(services: Services, client: WebClient, socket_mode: bool = False) -> App:
     """The Bolt app with every listener registered. HTTP mode verifies each request's signature
     (Bolt's RequestVerification: forged or stale signatures get 401)."""
@@ -45,13 +54,15 @@ def build_app(services: Services, client: WebClient, socket_mode: bool = False) 
     if not socket_mode:
         settings.require("slack_signing_secret")
     secret = settings.slack_signing_secret.get() if settings.slack_signing_secret else ""
+    slack_logger = logging.getLogger("authguard.slack")
+    slack_logger.addFilter(_TokenFromEnvironmentIsExpected())
     app = App(
         client=client,
         signing_secret=secret,
         request_verification_enabled=not socket_mode,
         token_verification_enabled=True,
         process_before_response=False,
-        logger=logging.getLogger("authguard.slack"),
+        logger=slack_logger,
     )
     for module in (commands, events, actions):
         module.register(app, services)
