@@ -148,7 +148,7 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
         fail(str(exc))
     except Exception as exc:  # a bug: still exit 2 (error), never 1 (findings)
         progress.done()
-        _internal_error(exc)
+        _internal_error(exc, context.settings)
     progress.done()
     rows = audit_store.iter_run_targets(store, run["id"])
     if as_json:
@@ -161,9 +161,19 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
     sys.exit(_exit_code(run))
 
 
-def _internal_error(exc: Exception) -> NoReturn:
-    """An unexpected exception (the run is recorded as failed): exit 2, not Python's 1."""
-    detail = " ".join(str(exc).split())[:300]
+def _internal_error(exc: Exception, settings: Settings) -> NoReturn:
+    """An unexpected exception (the run is recorded as failed): exit 2, not Python's 1.
+
+    The message is shown without the LDAP password (ldap3's ``repr`` of a connection has it).
+    """
+    detail = " ".join(str(exc).split())
+    try:
+        secret = settings.password()
+    except ConfigError:
+        secret = None
+    if secret:
+        detail = detail.replace(secret, "***")
+    detail = detail[:300]
     fail(f"internal error ({exc.__class__.__name__}{': ' + detail if detail else ''})")
 
 
@@ -216,7 +226,7 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
         except StorageError as exc:
             fail(str(exc))
         except Exception as exc:  # a bug: still exit 2 (error), never 1 (findings)
-            _internal_error(exc)
+            _internal_error(exc, context.settings)
         rows = list(audit_store.iter_run_targets(store, run["id"]))
     else:
         rows = audit_store.current_targets(store, server)
