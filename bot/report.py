@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from bot.rules import KINDS, describe
+from bot.rules import KINDS, describe, reason_text
 
 SUMMARY_KEYS = ("warning", "ok", "exempt", "unknown", "waived")
 KIND_SHORT = {"smtp_virtual_server": "SMTP VS", "receive_connector": "Receive conn."}
@@ -93,7 +93,7 @@ def table_lines(rows: Iterable[dict[str, Any]], style=None) -> Iterable[str]:
             flags_text(row["kind"], row["flags"]),
             tls_text(row["kind"], row["tls_required"]),
             row["verdict"],
-            row["reason"] or "",
+            reason_text(row["verdict"], row["reason"]),
         ]
         parts = []
         for index, (cell, width) in enumerate(zip(cells, WIDTHS, strict=True)):

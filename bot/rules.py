@@ -72,6 +72,12 @@ KINDS: dict[str, Kind] = {
 
 KIND_BY_CLASS = {kind.object_class.lower(): kind for kind in KINDS.values()}
 
+#: what each exemption reason (the ``reason`` of an ``exempt`` verdict) means, for people
+EXEMPT_REASONS = {
+    "sbs": "Small Business Server, exempt as Microsoft's analyzer did",
+    "configured": "listed in AUTHGUARD_EXEMPT_SERVERS",
+}
+
 RISK = (
     "Basic authentication sends user names and passwords in clear text (base64) unless the "
     "connection is encrypted with TLS. Turn it off, or where it must stay (for example for a "
@@ -89,6 +95,13 @@ class Judgement:
     verdict: str
     reason: str
     severity: str  # "high", "medium", "none"
+
+
+def reason_text(verdict: str, reason: str | None) -> str:
+    """A verdict's reason for people: ``"sbs"`` becomes ``"sbs: Small Business Server, ..."``."""
+    if verdict == EXEMPT and reason in EXEMPT_REASONS:
+        return f"{reason}: {EXEMPT_REASONS[reason]}"
+    return reason or ""
 
 
 def decode(kind: str, flags: int | None) -> list[str]:
@@ -144,7 +157,8 @@ def judge(
 ) -> Judgement:
     """Apply the rules to one target's raw flag values.
 
-    ``exempt_reason`` is ``"sbs"`` or ``"configured"`` when the server is exempt. A value that
+    ``exempt_reason`` is ``"sbs"`` or ``"configured"`` when the server is exempt; it becomes
+    the verdict's reason as is (see :data:`EXEMPT_REASONS` for words). A value that
     cannot be read is ``unknown``, never ``ok``.
     """
     spec = KINDS[kind]
@@ -154,11 +168,7 @@ def judge(
     basic = bool(flags & spec.basic_bits)
     tls: bool | None = None if spec.tls_bit is None else bool(flags & spec.tls_bit)
     if exempt_reason:
-        text = {
-            "sbs": "Small Business Server: exempt, as Microsoft's analyzer did",
-            "configured": "listed in AUTHGUARD_EXEMPT_SERVERS",
-        }.get(exempt_reason, exempt_reason)
-        return Judgement(flags, basic, tls, EXEMPT, text, "none")
+        return Judgement(flags, basic, tls, EXEMPT, exempt_reason, "none")
     if not basic:
         return Judgement(flags, basic, tls, OK, "Basic authentication is off", "none")
     if tls is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from bot.rules import KINDS, RISK, describe
+from bot.rules import KINDS, RISK, describe, reason_text
 from bot.summary import Summary, sparkline
 
 MAX_TARGETS_PER_MESSAGE = 15  # 3 blocks each, well under Slack's 50 blocks a message
@@ -115,7 +115,7 @@ def target_lines(row: dict[str, Any]) -> str:
         f"`{esc(row['dn'], 600)}`\n"
         f"Flags: {esc(describe(row['kind'], row['flags']))} · TLS: {tls_words(row['tls_required'])}"
         f" · Severity: {esc(row.get('severity') or 'none')}\n"
-        f"{esc(row.get('reason') or '')}"
+        f"{esc(reason_text(row['verdict'], row.get('reason')))}"
     )
 
 

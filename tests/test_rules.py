@@ -13,6 +13,7 @@ from bot.rules import (
     fixed_flags,
     judge,
     parse_flags,
+    reason_text,
     require_tls_flags,
 )
 
@@ -81,7 +82,10 @@ def test_raw_bytes_and_ints_are_read():
 def test_exempt_servers_are_exempt_with_the_reason(reason):
     result = judge(VS, ["7"], exempt_reason=reason)
     assert result.verdict == EXEMPT and result.basic_auth is True
-    assert ("Small Business" if reason == "sbs" else "AUTHGUARD_EXEMPT_SERVERS") in result.reason
+    assert result.reason == reason  # the reason is the code itself, as the contract says
+    assert ("Small Business" if reason == "sbs" else "AUTHGUARD_EXEMPT_SERVERS") in reason_text(
+        result.verdict, result.reason
+    )
 
 
 def test_exempt_server_with_unreadable_flags_is_still_unknown():

@@ -155,7 +155,7 @@ def test_audit_cli_finds_every_target_with_the_right_verdict(audited: dict) -> N
     assert by_name["Default EX2016"]["severity"] == "medium"  # Basic, TLS required
     assert by_name["Default EX2016"]["version"] == "Version 15.1 (Build 2507.6)"
     sbs = next(t for t in audited["targets"] if t["server"] == "SBS01")
-    assert sbs["flags"] == 7 and "Small Business Server" in sbs["reason"]
+    assert sbs["flags"] == 7 and sbs["reason"] == "sbs"
 
 
 def test_dns_come_back_in_ads_case_and_compare_case_insensitively(audited: dict) -> None:
