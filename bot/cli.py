@@ -6,7 +6,6 @@ Exit codes, like a linter: 0 nothing to report, 1 a target is ``warning`` or ``u
 
 from __future__ import annotations
 
-import difflib
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -18,6 +17,7 @@ from bot.audit import AuditFailed, Scope, run_audit
 from bot.config import ConfigError, Settings, load_settings
 from bot.directory import Directory, connect, sample
 from bot.report import summary_line, table_lines, write_json
+from bot.service import close_matches
 from storage import StorageError, Store, open_store
 from storage import audits as audit_store
 
@@ -61,6 +61,10 @@ class Context:
         if sample_mode:
             return sample
         settings = self.settings
+        try:
+            settings.require("ldap_url")  # before anything is recorded: a set-up mistake
+        except ConfigError as exc:
+            fail(f"{exc} (or use --sample to try the bundled sample forest)")
         return lambda: connect(settings)
 
 
@@ -184,14 +188,6 @@ def _whoami() -> str | None:
         return getpass.getuser()
     except (KeyError, OSError):
         return None
-
-
-def close_matches(name: str, names: list[str]) -> list[str]:
-    """Up to five known names like ``name`` (case-insensitive), for "did you mean"."""
-    lowered = {n.lower(): n for n in names}
-    found = difflib.get_close_matches(name.lower(), list(lowered), n=5, cutoff=0.5)
-    prefix = [n for low, n in lowered.items() if low.startswith(name.lower()[:3]) and name]
-    return list(dict.fromkeys([lowered[f] for f in found] + prefix))[:5]
 
 
 @main.command()
