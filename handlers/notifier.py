@@ -131,16 +131,10 @@ class Notifier:
     # -- hooks -----------------------------------------------------------------------------
     def on_audit(self, run: dict[str, Any], scope: Scope) -> None:
         """Listener for :meth:`bot.service.Authguard.on_audit`."""
+        if scope.kind == "target":
+            return  # a one-target recheck comes from a click, whose handler redraws the message
         if run.get("status") == "succeeded":
-            only = None
-            if scope.kind == "server":
-                only = scope.value
-            elif scope.kind == "target":
-                rows = [r for r in audit_store.iter_run_targets(self.store, run["id"])]
-                only = rows[0]["server"] if rows else None
-                if only is None:
-                    return
-            self.sync(only_server=only)
+            self.sync(only_server=scope.value if scope.kind == "server" else None)
         elif run.get("trigger") == "schedule" and scope.kind == "full":
             self.post_failure(run)
 
