@@ -11,8 +11,10 @@ batches while the search streams, so memory does not grow with the forest.
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +89,24 @@ def target_row(target: Target, exempt: str | None) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while the targets stream through.
+
+    An audit allocates a handful of objects per LDAP value and reference counting frees them at
+    once; the collector's passes over them free next to nothing and cost about a tenth of a large
+    audit. It resumes when the run ends (if another thread paused it first, that one resumes it).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _targets(directory: Directory, scope: Scope) -> Iterator[Target]:
     if scope.kind == "full":
         yield from directory.iter_targets()
@@ -131,7 +151,7 @@ def run_audit(
     if override is None:
         override = waiver_override(store)
     try:
-        with open_directory() as directory:
+        with _collector_paused(), open_directory() as directory:
             sbs = directory.sbs_hostnames()
             batch: list[dict[str, Any]] = []
             for target in _targets(directory, scope):

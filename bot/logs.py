@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
+import threading
 
 from bot.config import Secret, Settings
 
@@ -57,8 +59,30 @@ class Redactor(logging.Filter):
 
 
 def setup_logging(settings: Settings, level: int = logging.INFO) -> None:
-    """Log to stderr with timestamps, every line passed through the :class:`Redactor`."""
+    """Log to stderr with timestamps, every line passed through the :class:`Redactor`.
+
+    Uncaught exceptions (in any thread) and warnings are logged too, so their text is redacted
+    like everything else instead of going to stderr on their own.
+    """
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redactor = Redactor(secrets_of(settings))
     for handler in logging.getLogger().handlers:
         handler.addFilter(redactor)
+    logging.captureWarnings(True)
+    crashes = logging.getLogger("authguard.crash")
+
+    def log_uncaught(exc_type, exc_value, exc_traceback) -> None:
+        crashes.critical("uncaught exception", exc_info=(exc_type, exc_value, exc_traceback))
+
+    def log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        crashes.error(
+            "uncaught exception in thread %s",
+            name,
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+        )
+
+    sys.excepthook = log_uncaught
+    threading.excepthook = log_uncaught_in_thread

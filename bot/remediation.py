@@ -75,6 +75,7 @@ NO_APPROVERS = "no_approvers"  # AUTHGUARD_APPROVERS is empty: nobody may approv
 NOT_FOUND = "not_found"  # unknown request id
 EXPIRED = "expired"  # past AUTHGUARD_APPROVAL_TTL_HOURS
 CLOSED = "closed"  # no longer pending (already approved, running, done, drift, superseded)
+MISMATCH = "mismatch"  # the button's action is not the stored request's: nothing approved
 
 # JobResult.outcome
 VERIFIED = "verified"  # written and read back: done
@@ -430,14 +431,17 @@ def approve(
     user_name: str | None,
     is_approver: bool,
     *,
+    action: str | None = None,
     now: datetime | None = None,
 ) -> ApprovalResult:
     """Record one approval click; every click, counted or not, is written to the audit log.
 
     ``is_approver`` is the caller's verdict (Slack user ids and resolved user groups). An empty
     ``AUTHGUARD_APPROVERS`` refuses everyone here too. With ``AUTHGUARD_APPROVALS_REQUIRED=2``
-    the same user twice counts once. Returns :class:`ApprovalResult`; run the job when
-    ``result.ready``.
+    the same user twice counts once. ``action`` is what the clicked button asks for (``"fix"``,
+    ``"require_tls"``); a stored request for another action is refused (``mismatch``), so a
+    click approves only what its own button offered. Returns :class:`ApprovalResult`; run the
+    job when ``result.ready``.
     """
     moment = now or utcnow()
     stamp = rs.iso(moment)
@@ -477,6 +481,28 @@ def approve(
                 at=moment,
             )
             return ApprovalResult(NOT_FOUND, "This request does not exist (any more).")
+        if action is not None and request["action"] not in (action, WAIVE):
+            log.append_in(
+                db,
+                "refusal",
+                user_id=user_id,
+                user_name=user_name,
+                target_dn=request["dn"],
+                request_id=request["id"],
+                detail={
+                    "reason": "the button does not match the request",
+                    "button": action,
+                    "request_action": request["action"],
+                    "step": "approval",
+                },
+                at=moment,
+            )
+            return ApprovalResult(
+                MISMATCH,
+                "That button does not match its request: nothing was approved. "
+                "Use the buttons on the newest warning.",
+                request,
+            )
         required = _required(settings, request)
         approvals = _approvals(rs.list_approvals(db, request["id"]))
         if request["status"] == rs.EXPIRED or (

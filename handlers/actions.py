@@ -29,6 +29,7 @@ from storage import audits as audit_store
 from storage import remediation as rs
 
 log = logging.getLogger(__name__)
+STALE_BUTTON = "That button is no longer valid: recheck the server for fresh ones."
 
 
 def _clicker(body: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -38,6 +39,13 @@ def _clicker(body: dict[str, Any]) -> tuple[str | None, str | None]:
 
 def _value(body: dict[str, Any]) -> str:
     return str((body.get("actions") or [{}])[0].get("value") or "")[:200]
+
+
+# what each approval button asks for: a click approves only a request of that action
+_BUTTON_ACTION = {
+    ActionId.APPROVE_FIX.value: remediation.FIX,
+    ActionId.REQUIRE_TLS.value: remediation.REQUIRE_TLS,
+}
 
 
 def _where(body: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -72,6 +80,9 @@ class Clicks:
         kept = chat_store.get_warning(self.services.store, server)
         if not kept or not kept.get("ts"):
             return
+        if self.services.notifier is not None:  # kept and re-sent if Slack fails: never lost
+            self.services.notifier.say(kept["channel"], text, thread_ts=kept["ts"])
+            return
         try:
             self.client.chat_postMessage(channel=kept["channel"], thread_ts=kept["ts"], text=text)
         except (SlackApiError, SlackClientError, OSError) as exc:
@@ -91,7 +102,10 @@ class Clicks:
         settings, store = self.services.settings, self.services.store
         user_id, user_name = context.get("approver") or _clicker(body)
         request_id = _value(body)
-        result = remediation.approve(settings, store, request_id, user_id, user_name, True)
+        action = _BUTTON_ACTION.get(str((body.get("actions") or [{}])[0].get("action_id")))
+        result = remediation.approve(
+            settings, store, request_id, user_id, user_name, True, action=action
+        )
         if result.outcome == remediation.EXPIRED:
             text, body_blocks = blocks.expired_message(request_id)
             self.tell(body, text, body_blocks)
@@ -133,7 +147,7 @@ class Clicks:
     def open_waiver(self, body: dict[str, Any]) -> None:
         request = rs.get_request(self.services.store, _value(body))
         if request is None:
-            self.tell(body, "That button is no longer valid: recheck the server for fresh ones.")
+            self.tell(body, STALE_BUTTON)
             return
         view = blocks.waiver_modal(request["id"], request["server"], request["name"])
         self.client.views_open(trigger_id=body["trigger_id"], view=view)
@@ -160,7 +174,7 @@ class Clicks:
     def recheck(self, body: dict[str, Any]) -> None:
         request = rs.get_request(self.services.store, _value(body))
         if request is None:
-            self.tell(body, "That button is no longer valid: recheck the server for fresh ones.")
+            self.tell(body, STALE_BUTTON)
             return
         user_id, user_name = _clicker(body)
         run = self.recheck_target(request, who(user_id, user_name))
@@ -213,6 +227,9 @@ def register(app: App, services: Services) -> None:
         except waivers.WaiverRefused as exc:
             field = "days" if "day" in str(exc).lower() else "reason"
             ack(response_action="errors", errors={field: str(exc)[:150]})
+            return
+        if rs.get_request(services.store, view.get("private_metadata") or "") is None:
+            ack(response_action="errors", errors={"reason": STALE_BUTTON[:150]})
             return
         ack()
 

@@ -9,7 +9,9 @@ After each audit :meth:`Notifier.sync` compares every server's open findings (``
 - unchanged: nothing at all, so re-auditing an unchanged directory makes no Slack calls.
 
 A post that fails (Slack down, rate limited past the retries) is kept as ``pending`` and tried
-again by the next sync or the retry job; nothing is lost and nothing is posted twice.
+again by the next sync or the retry job; nothing is lost and nothing is posted twice. Thread
+replies (a job's outcome, what changed) and notices go through :meth:`Notifier.say`, which keeps
+a failed one in the database's outbox for the retry job.
 """
 
 from __future__ import annotations
@@ -141,7 +143,39 @@ class Notifier:
     def post_failure(self, run: dict[str, Any]) -> None:
         """Say loudly in the channel that a scheduled audit failed."""
         text, body = blocks.audit_result_message(run)
-        self._call("chat_postMessage", channel=self.channel, text=text, blocks=body)
+        self.say(self.channel, text, blocks=body)
+
+    def say(
+        self,
+        channel: str,
+        text: str,
+        thread_ts: str | None = None,
+        blocks: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        """Post a message (a thread reply, a notice) now and return Slack's answer; if Slack
+        fails, keep it for the retry job and return ``None``."""
+        kwargs: dict[str, Any] = {"channel": channel, "text": text}
+        if thread_ts:
+            kwargs["thread_ts"] = thread_ts
+        if blocks is not None:
+            kwargs["blocks"] = blocks
+        response = self._call("chat_postMessage", **kwargs)
+        if response is None:
+            chat_store.queue_post(self.store, channel, text, thread_ts, blocks, self.last_error)
+        return response
+
+    def _flush(self) -> None:
+        """Send the posts kept while Slack failed, oldest first (under the notify lock)."""
+        for post in chat_store.queued_posts(self.store):
+            kwargs: dict[str, Any] = {"channel": post["channel"], "text": post["text"]}
+            if post["thread_ts"]:
+                kwargs["thread_ts"] = post["thread_ts"]
+            if post["blocks"] is not None:
+                kwargs["blocks"] = post["blocks"]
+            if self._call("chat_postMessage", **kwargs) is not None:
+                chat_store.post_sent(self.store, post["id"])
+            elif not chat_store.post_failed(self.store, post["id"], self.last_error):
+                log.error("gave up a Slack post to %s after repeated failures", post["channel"])
 
     # -- the sync --------------------------------------------------------------------------
     def sync(self, only_server: str | None = None) -> SyncStats:
@@ -154,6 +188,7 @@ class Notifier:
                     return SyncStats(errors=["busy"])
                 time.sleep(0.5)
             try:
+                self._flush()
                 return self._sync(only_server)
             finally:
                 locks.release(self.store, NOTIFY_LOCK, self.owner)
@@ -176,6 +211,7 @@ class Notifier:
             if not any(r["verdict"] in SHOWN for r in shown):
                 if kept and kept["state"] == chat_store.OPEN:
                     self._resolve(kept, shown, stats)
+                    seen.add(server.lower())  # done: not "gone from the directory" below
                 continue
             seen.add(server.lower())
             self._one(server, shown, kept, stats)
@@ -191,7 +227,9 @@ class Notifier:
     def retry_pending(self) -> SyncStats | None:
         """The retry job: sync again if an earlier post or update failed."""
         kept = chat_store.all_warnings(self.store)
-        if any(w["state"] == chat_store.PENDING or w.get("last_error") for w in kept.values()):
+        if chat_store.queued_posts(self.store, limit=1) or any(
+            w["state"] == chat_store.PENDING or w.get("last_error") for w in kept.values()
+        ):
             return self.sync()
         return None
 
@@ -229,9 +267,7 @@ class Notifier:
                 return
             if kept["fingerprint"] is not None:
                 note = blocks.thread_note(describe_changes(kept.get("detail"), rows))
-                self._call(
-                    "chat_postMessage", channel=kept["channel"], thread_ts=kept["ts"], text=note
-                )
+                self.say(kept["channel"], note, thread_ts=kept["ts"])
             chat_store.save_warning(
                 self.store, server, fingerprint=mark, detail=_detail(rows), last_error=None
             )
@@ -276,12 +312,11 @@ class Notifier:
             chat_store.save_warning(self.store, server, last_error=self.last_error)
             stats.failed += 1
             return
-        self._call(
-            "chat_postMessage",
-            channel=kept["channel"],
-            thread_ts=kept["ts"],
-            text=":white_check_mark: Resolved: the latest check found no Basic authentication "
+        self.say(
+            kept["channel"],
+            ":white_check_mark: Resolved: the latest check found no Basic authentication "
             "open on this server.",
+            thread_ts=kept["ts"],
         )
         chat_store.save_warning(
             self.store, server, state=chat_store.RESOLVED, fingerprint=None, last_error=None

@@ -87,14 +87,18 @@ class Runtime:
         self.notifier.retry_pending()
 
     def post_summary(self) -> str | None:
-        """Post the daily summary to the channel; return the message ts."""
+        """Post the daily summary to the channel; return the message ts (``None`` when Slack
+        failed: the summary is kept and the retry job posts it)."""
         summary = build_summary(self.store)
         text, body = blocks.summary_message(summary)
         channel = self.settings.slack_channel or ""
-        response = self.client.chat_postMessage(channel=channel, text=text, blocks=body)
+        response = self.notifier.say(channel, text, blocks=body)
         audit_id = summary.last_success["id"] if summary.last_success else None
-        chat_store.record_summary(self.store, audit_id, response["channel"], response["ts"])
-        return response["ts"]
+        ts = response["ts"] if response else None
+        chat_store.record_summary(
+            self.store, audit_id, response["channel"] if response else channel, ts
+        )
+        return ts
 
     # -- life cycle ------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:

@@ -8,11 +8,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from slack_bolt import App
 from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_bolt.lazy_listener.thread_runner import ThreadLazyListenerRunner
 
 EVENTS_PATH = "/slack/events"
 Health = Callable[[], dict[str, Any]]
@@ -21,9 +26,10 @@ Health = Callable[[], dict[str, Any]]
 class Router:
     """WSGI: ``/slack/events`` goes to Bolt, ``/healthz`` reports health, the rest is 404."""
 
-    def __init__(self, app: App, health: Health) -> None:
+    def __init__(self, app: App, health: Health, lazy: LazyPool | None = None) -> None:
         self.bolt = SlackRequestHandler(app, path=EVENTS_PATH)
         self.health = health
+        self.lazy = lazy
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
@@ -35,15 +41,72 @@ class Router:
                 status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
             )
             return [body]
-        return self.bolt(environ, start_response)
+        with self.lazy.answering() if self.lazy is not None else nullcontext():
+            return self.bolt(environ, start_response)
 
 
-def http_server(app: App, health: Health, host: str, port: int, threads: int = 16) -> Any:
-    """A waitress server (not started: call ``.run()``; ``.close()`` stops it)."""
+class LazyPool(ThreadPoolExecutor):
+    """The threads for Bolt's lazy listeners (the work after an ack), acks first.
+
+    Bolt runs each listener's ack function and its lazy half on one pool of five threads, so
+    under a burst of clicks an ack waits behind slow lazy work (re-reads, remediation jobs,
+    redraws) and Slack's 3 s can run out. Here lazy work has threads of its own, and a lazy
+    task starts once no request is being answered (at most ``max_wait`` seconds after it was
+    submitted), so the acks of a burst do not compete with the work they asked for.
+    """
+
+    def __init__(self, workers: int = 5, max_wait: float = 0.5) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="lazy")
+        self.max_wait = max_wait
+        self._answering = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def answering(self) -> Iterator[None]:
+        """Around the answer to one request."""
+        with self._idle:
+            self._answering += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._answering -= 1
+                if not self._answering:
+                    self._idle.notify_all()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        deadline = time.monotonic() + self.max_wait
+
+        def after_the_acks() -> Any:
+            with self._idle:
+                self._idle.wait_for(
+                    lambda: not self._answering, max(0.0, deadline - time.monotonic())
+                )
+            return fn(*args, **kwargs)
+
+        return super().submit(after_the_acks)
+
+
+def separate_lazy_work(app: App) -> LazyPool | None:
+    """Give Bolt's lazy listeners a :class:`LazyPool` (``None`` if this Bolt is built otherwise)."""
+    runner = app.listener_runner
+    lazy = getattr(runner, "lazy_listener_runner", None)
+    if isinstance(lazy, ThreadLazyListenerRunner) and lazy.executor is runner.listener_executor:
+        lazy.executor = LazyPool()
+        return lazy.executor
+    return None
+
+
+def http_server(app: App, health: Health, host: str, port: int, threads: int = 64) -> Any:
+    """A waitress server (not started: call ``.run()``; ``.close()`` stops it).
+
+    Bolt keeps a thread for at least 10 ms per request while it waits for the ack, so the
+    threads are many: with 16, a burst of 50 clicks was answered in four waves.
+    """
     from waitress.server import create_server
 
     return create_server(
-        Router(app, health),
+        Router(app, health, separate_lazy_work(app)),
         host=host,
         port=port,
         threads=threads,

@@ -62,13 +62,26 @@ def add_targets(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> No
     records = []
     for row in rows:
         record = {column: row.get(column) for column in TARGET_COLUMNS}
-        record["audit_id"] = run_id
         record["checked_at"] = record["checked_at"] or stamp
         if isinstance(record["raw_flags"], (list, tuple)):
             record["raw_flags"] = json.dumps([str(v) for v in record["raw_flags"]])
-        records.append(record)
+        records.append((run_id, *map(_sql_value, record.values())))
+    # one prepared statement for the whole batch (sqlite-utils' insert_all costs more than
+    # the rest of an audit's storage)
     with store.transaction() as db:
-        db["audit_targets"].insert_all(records, batch_size=500)
+        db.conn.executemany(_INSERT_TARGET, records)
+
+
+_INSERT_TARGET = "INSERT INTO audit_targets (audit_id, {}) VALUES (?{})".format(
+    ", ".join(TARGET_COLUMNS), ", ?" * len(TARGET_COLUMNS)
+)
+
+
+def _sql_value(value: Any) -> Any:
+    """A value as sqlite-utils would store it: lists, tuples and dicts as JSON."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=repr, ensure_ascii=False)
+    return value
 
 
 def finish_run(

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,6 +70,61 @@ def first_time_seen(store: Store, event_id: str, keep_days: int = 2) -> bool:
             "insert or ignore into seen_events (event_id, at) values (?, ?)", [event_id, now_iso()]
         )
         return cursor.rowcount == 1
+
+
+OUTBOX_MAX_ATTEMPTS = 100  # about eight hours of five-minute retries, then it is given up
+
+
+def queue_post(
+    store: Store,
+    channel: str,
+    text: str,
+    thread_ts: str | None = None,
+    blocks: list[dict[str, Any]] | None = None,
+    error: str | None = None,
+) -> int:
+    """Keep a Slack post that failed, for the retry job; return its id."""
+    with store.transaction() as db:
+        table = db["outbox"].insert(
+            {
+                "created_at": now_iso(),
+                "channel": channel,
+                "thread_ts": thread_ts,
+                "text": text,
+                "blocks": json.dumps(blocks) if blocks is not None else None,
+                "attempts": 1,
+                "last_error": error,
+            }
+        )
+        return int(table.last_pk)
+
+
+def queued_posts(store: Store, limit: int = 100) -> list[dict[str, Any]]:
+    """Kept posts, oldest first (``blocks`` decoded)."""
+    rows = [dict(r) for r in store.db["outbox"].rows_where(order_by="id", limit=limit)]
+    for row in rows:
+        row["blocks"] = json.loads(row["blocks"]) if row["blocks"] else None
+    return rows
+
+
+def post_sent(store: Store, post_id: int) -> None:
+    """A kept post went out: forget it."""
+    with store.transaction() as db:
+        db.execute("delete from outbox where id = ?", [post_id])
+
+
+def post_failed(store: Store, post_id: int, error: str | None) -> bool:
+    """A kept post failed again; False when it has failed too often and was given up."""
+    with store.transaction() as db:
+        db.execute(
+            "update outbox set attempts = attempts + 1, last_error = ? where id = ?",
+            [error, post_id],
+        )
+        row = db.execute("select attempts from outbox where id = ?", [post_id]).fetchone()
+        if row and row[0] >= OUTBOX_MAX_ATTEMPTS:
+            db.execute("delete from outbox where id = ?", [post_id])
+            return False
+        return True
 
 
 def latest_job(store: Store, target_key: str, since: str | None = None) -> dict[str, Any] | None:

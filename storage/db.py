@@ -24,6 +24,10 @@ class StorageError(Exception):
     """The database cannot be used (locked, disk full, not a database). Exit code 2."""
 
 
+# how long a connection waits for another process's write lock before giving up ("locked")
+BUSY_TIMEOUT_SECONDS = 15.0
+
+
 def now_iso() -> str:
     """The current UTC time as ISO 8601, e.g. ``2026-11-28T06:00:00.123456+00:00``."""
     return datetime.now(UTC).isoformat()
@@ -236,11 +240,33 @@ def _v4_remediation(db: Database) -> None:
         )
 
 
+def _v5_outbox(db: Database) -> None:
+    # Slack posts that failed (Slack down, or rate limited past the client's retries): a job's
+    # outcome in a warning's thread, a thread note, a failed-audit notice. The retry job sends
+    # them, oldest first, so none is lost.
+    db["outbox"].create(
+        {
+            "id": int,
+            "created_at": str,
+            "channel": str,
+            "thread_ts": str,
+            "text": str,
+            "blocks": str,
+            "attempts": int,
+            "last_error": str,
+        },
+        pk="id",
+        not_null={"created_at", "channel", "text"},
+        defaults={"attempts": 0},
+    )
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _v1_audits,
     _v2_locks,
     _v3_chat,
     _v4_remediation,
+    _v5_outbox,
 ]
 
 
@@ -248,6 +274,10 @@ def migrate(db: Database, migrations: list[Callable[[Database], None]] | None = 
     """Run the migrations that have not run yet, each in its own transaction; return the version."""
     migrations = MIGRATIONS if migrations is None else migrations
     conn = db.conn
+    # an up-to-date database needs no write lock: reading it (log verify, status) works while
+    # another process holds one
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= len(migrations):
+        return len(migrations)
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -256,14 +286,26 @@ def migrate(db: Database, migrations: list[Callable[[Database], None]] | None = 
             conn.execute(f"PRAGMA user_version = {index + 1}")
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
     return len(migrations)
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open. SQLite may already have rolled it back itself
+    (a full disk, an I/O error); the original error is the one worth reporting."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+
 def _connect(path: str) -> Database:
-    conn = sqlite3.connect(path, timeout=15, check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout = 15000")
+    conn = sqlite3.connect(
+        path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None
+    )
+    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
     if path != ":memory:":
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -326,13 +368,16 @@ class Store:
                 raise StorageError(explain(exc, self.path)) from exc
             try:
                 yield db
+            except sqlite3.Error as exc:  # locked, disk full, I/O error: a clear StorageError
+                _rollback(db.conn)
+                raise StorageError(explain(exc, self.path)) from exc
             except BaseException:
-                db.conn.execute("ROLLBACK")
+                _rollback(db.conn)
                 raise
             try:
                 db.conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                db.conn.execute("ROLLBACK")
+                _rollback(db.conn)
                 raise StorageError(explain(exc, self.path)) from exc
 
     def close(self) -> None:
