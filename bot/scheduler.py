@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -38,13 +38,35 @@ def triggers(settings: Settings) -> dict[str, CronTrigger | IntervalTrigger]:
     }
 
 
+def last_fire_time(trigger: CronTrigger, now: datetime) -> datetime | None:
+    """The latest time at or before ``now`` when ``trigger`` was due (within the misfire grace
+    window), or ``None``. A firing run late still gets the key of the time it was due."""
+    due = trigger.get_next_fire_time(None, now - timedelta(seconds=MISFIRE_GRACE_SECONDS))
+    last = None
+    while due is not None and due <= now:
+        last = due
+        due = trigger.get_next_fire_time(due, due + timedelta(seconds=1))
+    return last
+
+
 def once_per_firing(
-    store: Store, name: str, job: Callable[[], object], owner: str, clock: Callable[[], datetime]
+    store: Store,
+    name: str,
+    job: Callable[[], object],
+    owner: str,
+    clock: Callable[[], datetime],
+    trigger: CronTrigger | None = None,
 ) -> Callable[[], None]:
-    """Wrap ``job`` so that, across processes, only one runs each firing (keyed by the minute)."""
+    """Wrap ``job`` so that, across processes, only one runs each firing.
+
+    A firing is keyed by the time it was due (from ``trigger``), so a process that runs it late
+    (paused, busy) still finds it claimed; without a trigger, by the current minute.
+    """
 
     def run() -> None:
-        key = clock().strftime("%Y-%m-%dT%H:%M")
+        now = clock()
+        due = last_fire_time(trigger, now) if trigger is not None else None
+        key = (due or now).strftime("%Y-%m-%dT%H:%M")
         if not locks.claim_once(store, name, key, owner):
             log.info("scheduled %s for %s already claimed by another process", name, key)
             return
@@ -79,6 +101,8 @@ def build_scheduler(
     )
     all_triggers = triggers(settings)
     for name, job in jobs.items():
-        func = job if name == "retry" else once_per_firing(store, name, job, owner, clock)
-        scheduler.add_job(func, all_triggers[name], id=name, name=name, replace_existing=True)
+        trigger = all_triggers[name]
+        if name != "retry":  # the retry job is safe in every process; the others run once
+            job = once_per_firing(store, name, job, owner, clock, trigger)
+        scheduler.add_job(job, trigger, id=name, name=name, replace_existing=True)
     return scheduler

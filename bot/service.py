@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.audit import FULL, AuditFailed, Scope, run_audit
@@ -203,6 +204,14 @@ class Authguard:
             run = exc.run
         self._notify(run, scope)
         return AuditOutcome(run)
+
+    def fail_stale_runs(self) -> int:
+        """Mark runs whose process died while they ran as failed, so no summary shows them as
+        running forever. A full audit counts as dead when nobody holds the audit lease; any
+        run only once it is older than the lease (a live one renews it)."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=AUDIT_LEASE_SECONDS)
+        lease_free = locks.holder(self.store, AUDIT_LOCK) is None
+        return audit_store.fail_interrupted_runs(self.store, cutoff.isoformat(), lease_free)
 
     # -- questions -------------------------------------------------------------------------
     def status(

@@ -83,6 +83,7 @@ class Runtime:
         """Every few minutes: settle jobs whose process died, expire old requests, and deliver
         warnings that Slack refused earlier."""
         self.reconcile()
+        self.core.fail_stale_runs()
         remediation.expire_requests(self.store)
         self.notifier.retry_pending()
 
@@ -117,6 +118,7 @@ class Runtime:
         """Settle jobs a crash left unfinished, then start the scheduler (the listeners are
         served by :meth:`serve_http` or socket mode)."""
         self.reconcile()
+        self.core.fail_stale_runs()
         self.scheduler.start()
 
     def reconcile(self) -> list[Any]:

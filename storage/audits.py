@@ -179,12 +179,22 @@ def fail_run(store: Store, run_id: int, reason: str) -> None:
         )
 
 
-def fail_interrupted_runs(store: Store, reason: str = "interrupted: the process stopped") -> int:
-    """Mark runs left ``running`` by a process that died as ``failed``; return how many."""
+def fail_interrupted_runs(
+    store: Store,
+    started_before: str,
+    include_full: bool,
+    reason: str = "interrupted: the process running it stopped",
+) -> int:
+    """Mark runs left ``running`` by a process that died as ``failed``; return how many.
+
+    Only runs started before ``started_before`` (ISO time) are touched, and full audits only when
+    ``include_full`` (the caller knows no process holds the audit lease).
+    """
     with store.transaction() as db:
         cursor = db.execute(
-            "update audit_runs set status = ?, error = ?, finished_at = ? where status = ?",
-            [FAILED, reason, now_iso(), RUNNING],
+            "update audit_runs set status = ?, error = ?, finished_at = ? "
+            "where status = ? and started_at < ? and (scope != 'full' or ?)",
+            [FAILED, reason, now_iso(), RUNNING, started_before, 1 if include_full else 0],
         )
         return cursor.rowcount
 

@@ -83,3 +83,31 @@ def test_each_firing_runs_once_across_processes(tmp_path):
     )
     later()
     assert ran == ["p1", "next day"]
+
+
+def test_a_late_firing_keeps_the_key_of_the_time_it_was_due(tmp_path):
+    """A paused process that runs the 09:00 summary at 09:07 still finds it claimed."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    store = open_store(str(tmp_path / "shared.db"))
+    trigger = CronTrigger.from_crontab("0 9 * * *", timezone=BERLIN)
+    ran = []
+    on_time = once_per_firing(
+        store,
+        "summary",
+        lambda: ran.append("on time"),
+        "host:1",
+        lambda: datetime(2026, 11, 28, 9, 0, 2, tzinfo=BERLIN),
+        trigger,
+    )
+    late = once_per_firing(
+        store,
+        "summary",
+        lambda: ran.append("late"),
+        "host:2",
+        lambda: datetime(2026, 11, 28, 9, 7, 30, tzinfo=BERLIN),
+        trigger,
+    )
+    on_time()
+    late()
+    assert ran == ["on time"]

@@ -112,3 +112,22 @@ def test_the_core_never_imports_slack():
                     names = [node.module or ""]
                 for name in names:
                     assert not name.startswith(("slack", "handlers")), f"{path.name} imports {name}"
+
+
+def test_a_run_left_running_by_a_dead_process_is_marked_failed(tmp_path):
+    """A crash mid-audit leaves a 'running' row; once nobody holds the audit lease and the run
+    is older than a lease, it is failed, so summaries never show it running forever."""
+    from storage import audits as audit_store
+
+    store = open_store(str(tmp_path / "a.db"))
+    core = Authguard(Settings(), store, sample)
+    dead = audit_store.start_run(store, "schedule")
+    with store.transaction() as db:
+        db.execute(
+            "update audit_runs set started_at = '2026-01-01T00:00:00+00:00' where id = ?", [dead]
+        )
+    fresh = audit_store.start_run(store, "chat")  # just started: maybe another process's run
+    assert core.fail_stale_runs() == 1
+    assert audit_store.get_run(store, dead)["status"] == "failed"
+    assert "interrupted" in audit_store.get_run(store, dead)["error"]
+    assert audit_store.get_run(store, fresh)["status"] == "running"
