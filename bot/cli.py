@@ -154,11 +154,10 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
         progress.done()
         _internal_error(exc, context.settings)
     progress.done()
-    rows = audit_store.iter_run_targets(store, run["id"])
     if as_json:
-        write_json(sys.stdout, run, rows)
+        write_json(sys.stdout, run, audit_store.iter_run_targets_json(store, run["id"]))
     else:
-        for line in table_lines(rows, style=_style):
+        for line in table_lines(audit_store.iter_run_targets(store, run["id"]), style=_style):
             click.echo(line)
         click.echo("")
         click.echo(summary_line(run))

@@ -35,7 +35,7 @@ from ldap3.utils.conv import escape_filter_chars
 from ldap3.utils.dn import parse_dn
 
 from bot.config import ConfigError, Settings
-from bot.rules import KIND_BY_CLASS, KINDS
+from bot.rules import KIND_BY_CLASS, KINDS, Kind
 
 PAGE_SIZE = 500
 SERVER_CLASS = "msexchexchangeserver"
@@ -64,7 +64,7 @@ class WriteRefused(DirectoryError):
         self.code = code
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ServerInfo:
     """The ``msExchExchangeServer`` object a target sits under."""
 
@@ -75,7 +75,7 @@ class ServerInfo:
     fqdn: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Target:
     """One SMTP virtual server or receive connector, as read from the directory."""
 
@@ -189,9 +189,19 @@ def _lowered(attributes: dict) -> dict:
     return {name.lower(): values for name, values in attributes.items()}
 
 
-def _classes(entry: dict) -> set[str]:
-    """An entry's object classes, lower case."""
-    return {str(c).lower() for c in _as_list(_lowered(entry["attributes"]).get("objectclass"))}
+SERVER = object()  # _kind_of's answer for an Exchange server object
+
+
+def _kind_of(attrs: dict) -> Kind | object | None:
+    """:data:`SERVER`, the :class:`~bot.rules.Kind` of a target, or ``None``, by object class
+    (``attrs`` as :func:`_lowered` gives them)."""
+    kind = None
+    for value in _as_list(attrs.get("objectclass")):
+        name = str(value).lower()
+        if name == SERVER_CLASS:
+            return SERVER
+        kind = kind or KIND_BY_CLASS.get(name)
+    return kind
 
 
 def _as_list(value: object) -> tuple[object, ...]:
@@ -288,24 +298,20 @@ class Directory:
         for entry in self.search(
             base or self.exchange_base, AUDIT_FILTER, TARGET_ATTRIBUTES + SERVER_ATTRIBUTES
         ):
-            classes = _classes(entry)
-            if SERVER_CLASS in classes:
-                info = self._server_info(entry)
+            attrs = _lowered(entry["attributes"])
+            kind = _kind_of(attrs)
+            if kind is SERVER:
+                info = self._server_info(entry["dn"], attrs)
                 cache[dn_key(info.dn)] = info
                 if len(cache) > SERVER_CACHE_SIZE:
                     cache.popitem(last=False)
-                continue
-            target = self._target(entry, classes, cache)
-            if target is not None:
-                yield target
+            elif kind is not None:
+                yield self._target(entry, attrs, kind, cache)
 
     def _target(
-        self, entry: dict, classes: set[str], cache: OrderedDict[str, ServerInfo | None]
-    ) -> Target | None:
-        kind = next((KIND_BY_CLASS[c] for c in classes if c in KIND_BY_CLASS), None)
-        if kind is None:
-            return None
-        attrs, dn = _lowered(entry["attributes"]), entry["dn"]
+        self, entry: dict, attrs: dict, kind: Kind, cache: OrderedDict[str, ServerInfo | None]
+    ) -> Target:
+        dn = entry["dn"]
         plain = _PLAIN_DN.fullmatch(dn) is not None  # then dn_key is lower(), for it and its server
         located = _server_of(dn, plain)
         info: ServerInfo | None = None
@@ -323,8 +329,7 @@ class Directory:
                     cache.popitem(last=False)
             if info is not None:
                 server_name = info.name
-        raw = entry.get("raw_attributes", {})
-        raw_flags = _raw_values(raw, kind.attribute)
+        raw_flags = _raw_values(entry.get("raw_attributes", {}), kind.attribute)
         name = _first(attrs.get("admindisplayname")) or _first(attrs.get("cn")) or dn
         return Target(
             kind=kind.key,
@@ -336,8 +341,7 @@ class Directory:
             server_info=info,
         )
 
-    def _server_info(self, entry: dict) -> ServerInfo:
-        attrs = _lowered(entry["attributes"])
+    def _server_info(self, dn: str, attrs: dict) -> ServerInfo:
         serial = _first(attrs.get("serialnumber"))
         number = _first(attrs.get("versionnumber"))
         try:
@@ -346,10 +350,10 @@ class Directory:
             version_number = None
         name = _first(attrs.get("cn"))
         if not name:
-            located = server_of(entry["dn"] + ",CN=Servers")
-            name = located[0] if located else entry["dn"]
+            located = server_of(dn + ",CN=Servers")
+            name = located[0] if located else dn
         return ServerInfo(
-            dn=entry["dn"],
+            dn=dn,
             name=str(name),
             version=str(serial) if serial else None,
             version_number=version_number,
@@ -361,21 +365,24 @@ class Directory:
         for entry in self.search(
             server_dn, "(objectClass=msExchExchangeServer)", SERVER_ATTRIBUTES, scope=BASE
         ):
-            return self._server_info(entry)
+            return self._server_info(entry["dn"], _lowered(entry["attributes"]))
         return None
 
     def find_servers(self, name: str) -> list[ServerInfo]:
         """Exchange servers whose CN is ``name`` (escaped before it goes into the filter)."""
         search_filter = f"(&(objectClass=msExchExchangeServer)(cn={escape_filter_chars(name)}))"
         return [
-            self._server_info(e)
+            self._server_info(e["dn"], _lowered(e["attributes"]))
             for e in self.search(self.exchange_base, search_filter, SERVER_ATTRIBUTES)
         ]
 
     def read_target(self, dn: str) -> Target | None:
         """Re-read one target by DN now, or ``None`` if it no longer exists."""
         for entry in self.search(dn, AUDIT_FILTER, TARGET_ATTRIBUTES + ["objectClass"], scope=BASE):
-            return self._target(entry, _classes(entry), OrderedDict())
+            attrs = _lowered(entry["attributes"])
+            kind = _kind_of(attrs)
+            if isinstance(kind, Kind):
+                return self._target(entry, attrs, kind, OrderedDict())
         return None
 
     def sbs_hostnames(self) -> frozenset[str]:

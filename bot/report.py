@@ -53,11 +53,14 @@ def summary_json(run: dict[str, Any]) -> dict[str, int]:
     return {key: int(run.get(key) or 0) for key in SUMMARY_KEYS}
 
 
-def write_json(out: TextIO, run: dict[str, Any], rows: Iterable[dict[str, Any]]) -> None:
-    """Write the whole JSON document, streaming the targets one by one."""
+def write_json(out: TextIO, run: dict[str, Any], targets: Iterable[str]) -> None:
+    """Write the whole JSON document, streaming the targets (each already a JSON object, see
+    :func:`storage.audits.iter_run_targets_json`) one by one."""
     out.write('{"audit": ' + json.dumps(run_json(run)) + ', "targets": [')
-    for index, row in enumerate(rows):
-        out.write((",\n  " if index else "\n  ") + json.dumps(target_json(row)))
+    separator = "\n  "
+    for text in targets:
+        out.write(separator + text)
+        separator = ",\n  "
     out.write('],\n "summary": ' + json.dumps(summary_json(run)) + "}\n")
 
 

@@ -61,11 +61,29 @@ def add_targets(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> No
     stamp = now_iso()
     records = []
     for row in rows:
-        record = {column: row.get(column) for column in TARGET_COLUMNS}
-        record["checked_at"] = record["checked_at"] or stamp
-        if isinstance(record["raw_flags"], (list, tuple)):
-            record["raw_flags"] = json.dumps([str(v) for v in record["raw_flags"]])
-        records.append((run_id, *map(_sql_value, record.values())))
+        raw = row.get("raw_flags")
+        if isinstance(raw, (list, tuple)):
+            raw = json.dumps([str(v) for v in raw])
+        records.append(
+            (
+                run_id,
+                row["target_key"],
+                row["server"],
+                row["kind"],
+                row.get("name"),
+                row["dn"],
+                row.get("flags"),
+                raw,
+                row.get("basic_auth"),
+                row.get("tls_required"),
+                row["verdict"],
+                row.get("reason"),
+                row.get("severity"),
+                row.get("version"),
+                row.get("fqdn"),
+                row.get("checked_at") or stamp,
+            )
+        )
     # one prepared statement for the whole batch (sqlite-utils' insert_all costs more than
     # the rest of an audit's storage)
     with store.transaction() as db:
@@ -75,13 +93,6 @@ def add_targets(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> No
 _INSERT_TARGET = "INSERT INTO audit_targets (audit_id, {}) VALUES (?{})".format(
     ", ".join(TARGET_COLUMNS), ", ?" * len(TARGET_COLUMNS)
 )
-
-
-def _sql_value(value: Any) -> Any:
-    """A value as sqlite-utils would store it: lists, tuples and dicts as JSON."""
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, default=repr, ensure_ascii=False)
-    return value
 
 
 def finish_run(
@@ -126,6 +137,26 @@ def iter_run_targets(store: Store, run_id: int) -> Iterator[dict]:
     yield from store.db["audit_targets"].rows_where(
         "audit_id = ?", [run_id], order_by="server collate nocase, kind, dn"
     )
+
+
+_TARGET_JSON = """
+    select json_object(
+        'server', server, 'kind', kind, 'name', name, 'dn', dn, 'flags', flags,
+        'basic_auth', case when basic_auth is null then null
+                           when basic_auth then json('true') else json('false') end,
+        'tls_required', case when tls_required is null then null
+                             when tls_required then json('true') else json('false') end,
+        'verdict', verdict, 'reason', reason, 'version', version, 'severity', severity,
+        'checked_at', checked_at)
+    from audit_targets where audit_id = ? order by server collate nocase, kind, dn
+"""
+
+
+def iter_run_targets_json(store: Store, run_id: int) -> Iterator[str]:
+    """The targets of a run as JSON objects (the ``--json`` contract), encoded by SQLite itself,
+    in the same order as :func:`iter_run_targets`."""
+    for (text,) in store.db.conn.execute(_TARGET_JSON, [run_id]):
+        yield text
 
 
 def current_targets(store: Store, server: str | None = None) -> list[dict]:

@@ -261,12 +261,24 @@ def _v5_outbox(db: Database) -> None:
     )
 
 
+def _v6_lean_target_indexes(db: Database) -> None:
+    # every audit inserts a row per target: fewer, narrower indexes make that cheaper. A run's
+    # targets are found by (audit_id, server); a server's across runs through the same index
+    db.execute("DROP INDEX IF EXISTS idx_audit_targets_audit_id_server")
+    db.execute("DROP INDEX IF EXISTS idx_audit_targets_server_nocase")
+    db.execute(
+        "CREATE INDEX idx_audit_targets_run_server ON audit_targets "
+        "(audit_id, server COLLATE NOCASE)"
+    )
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [
     _v1_audits,
     _v2_locks,
     _v3_chat,
     _v4_remediation,
     _v5_outbox,
+    _v6_lean_target_indexes,
 ]
 
 
@@ -310,7 +322,8 @@ def _connect(path: str) -> Database:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
-    return Database(conn)
+    # no sqlite-utils plugins on authguard's connection (and no entry-point scan at each open)
+    return Database(conn, execute_plugins=False)
 
 
 def explain(exc: sqlite3.Error, path: str) -> str:
