@@ -13,9 +13,10 @@ from typing import Any, NoReturn
 import click
 
 from bot import __version__
-from bot.audit import AuditFailed, Scope, run_audit
+from bot.audit import FULL, AuditFailed, Scope, run_audit
 from bot.config import ConfigError, Settings, load_settings
 from bot.directory import Directory, connect, sample
+from bot.logs import redact, secrets_of
 from bot.report import summary_line, table_lines, write_json
 from bot.service import close_matches
 from storage import StorageError, Store, open_store
@@ -134,25 +135,12 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
     store = context.store(sample_mode=sample)
     progress = _Progress(enabled=not as_json and sys.stderr.isatty())
     try:
-        run = run_audit(
-            context.settings,
-            store,
-            context.directory_opener(sample_mode=sample),
-            trigger="cli",
-            requested_by=_whoami(),
-            progress=progress,
-        )
+        run = _run(context, store, sample, progress=progress)
     except AuditFailed as exc:
         progress.done()
         if as_json:
             write_json(sys.stdout, exc.run, [])
         fail(f"audit {exc.run['id']} failed: {exc}")
-    except StorageError as exc:
-        progress.done()
-        fail(str(exc))
-    except Exception as exc:  # a bug: still exit 2 (error), never 1 (findings)
-        progress.done()
-        _internal_error(exc, context.settings)
     progress.done()
     if as_json:
         write_json(sys.stdout, run, audit_store.iter_run_targets_json(store, run["id"]))
@@ -164,20 +152,39 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
     sys.exit(_exit_code(run))
 
 
-def _internal_error(exc: Exception, settings: Settings) -> NoReturn:
-    """An unexpected exception (the run is recorded as failed): exit 2, not Python's 1.
-
-    The message is shown without the LDAP password (ldap3's ``repr`` of a connection has it).
-    """
-    detail = " ".join(str(exc).split())
+def _run(
+    context: Context,
+    store: Store,
+    sample: bool,
+    scope: Scope = FULL,
+    progress: _Progress | None = None,
+) -> dict[str, Any]:
+    """``run_audit`` for a command: raises :class:`AuditFailed` for the caller to word; a broken
+    database or a bug ends the command with exit 2 (never 1, which means findings)."""
     try:
-        secret = settings.password()
-    except ConfigError:
-        secret = None
-    if secret:
-        detail = detail.replace(secret, "***")
-    detail = detail[:300]
-    fail(f"internal error ({exc.__class__.__name__}{': ' + detail if detail else ''})")
+        return run_audit(
+            context.settings,
+            store,
+            context.directory_opener(sample_mode=sample),
+            trigger="cli",
+            requested_by=_whoami(),
+            scope=scope,
+            progress=progress,
+        )
+    except AuditFailed:
+        raise
+    except StorageError as exc:
+        _done(progress)
+        fail(str(exc))
+    except Exception as exc:  # a bug: the run is recorded as failed; say so without secrets
+        _done(progress)
+        detail = redact(" ".join(str(exc).split()), secrets_of(context.settings))[:300]
+        fail(f"internal error ({exc.__class__.__name__}{': ' + detail if detail else ''})")
+
+
+def _done(progress: _Progress | None) -> None:
+    if progress is not None:
+        progress.done()
 
 
 def _whoami() -> str | None:
@@ -206,22 +213,11 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
     if live:
         # what was just read is the latest state: show it even before any full audit
         try:
-            run = run_audit(
-                context.settings,
-                store,
-                context.directory_opener(sample_mode=sample),
-                trigger="cli",
-                requested_by=_whoami(),
-                scope=Scope("server", server),
-            )
+            run = _run(context, store, sample, scope=Scope("server", server))
         except AuditFailed as exc:
             if exc.run.get("error", "").startswith("no Exchange server named"):
                 _not_found(store, server, in_directory=True)
             fail(f"live check {exc.run['id']} failed: {exc}")
-        except StorageError as exc:
-            fail(str(exc))
-        except Exception as exc:  # a bug: still exit 2 (error), never 1 (findings)
-            _internal_error(exc, context.settings)
         rows = list(audit_store.iter_run_targets(store, run["id"]))
     else:
         rows = audit_store.current_targets(store, server)
@@ -282,7 +278,7 @@ def serve(context: Context, http_mode: bool, host: str, port: int, sample: bool)
 
     Also needs SLACK_BOT_TOKEN and AUTHGUARD_SLACK_CHANNEL; runs the scheduled audit and summary.
     """
-    from bot.logs import redact, secrets_of, setup_logging
+    from bot.logs import setup_logging
     from handlers.runtime import Runtime  # the Slack layer, loaded only for this command
 
     settings = context.settings
