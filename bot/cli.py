@@ -279,10 +279,16 @@ def serve(context: Context, http_mode: bool, host: str, port: int, sample: bool)
     Also needs SLACK_BOT_TOKEN and AUTHGUARD_SLACK_CHANNEL; runs the scheduled audit and summary.
     """
     from bot.logs import setup_logging
-    from handlers.runtime import Runtime  # the Slack layer, loaded only for this command
+
+    # the Slack layer, loaded only for this command
+    from handlers.runtime import Runtime, required_settings
 
     settings = context.settings
     setup_logging(settings)
+    try:  # one message naming everything that is missing, directory and Slack alike
+        settings.require(*(() if sample else ("ldap_url",)), *required_settings(not http_mode))
+    except ConfigError as exc:
+        fail(str(exc))
     if sample and "db" not in settings.explicit:
         from dataclasses import replace
 

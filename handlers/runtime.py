@@ -30,11 +30,10 @@ from storage import open_store
 log = logging.getLogger(__name__)
 
 
-def required_settings(settings: Settings, socket_mode: bool) -> None:
-    """One clear error naming every Slack variable that ``serve`` needs and does not have."""
-    names = ["slack_bot_token", "slack_channel"]
-    names.append("slack_app_token" if socket_mode else "slack_signing_secret")
-    settings.require(*names)
+def required_settings(socket_mode: bool) -> tuple[str, ...]:
+    """The Slack settings ``serve`` needs (check them with ``Settings.require``)."""
+    mode = "slack_app_token" if socket_mode else "slack_signing_secret"
+    return ("slack_bot_token", "slack_channel", mode)
 
 
 class Runtime:
@@ -47,7 +46,7 @@ class Runtime:
         open_directory: Callable[[], Directory] | None = None,
         pacer: Pacer | None = None,
     ) -> None:
-        required_settings(settings, socket_mode)
+        settings.require(*required_settings(socket_mode))
         self.settings = settings
         self.socket_mode = socket_mode
         self.store = open_store(settings.db)
