@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.config import ConfigError, Settings
@@ -175,4 +176,8 @@ def run_audit(
         # anything unexpected: still never leave the run looking like it is running or clean
         finish("failed", f"internal error: {exc.__class__.__name__}")
         raise
-    return finish("succeeded")
+    run = finish("succeeded")
+    if scope.kind == "full":
+        cutoff = datetime.now(UTC) - timedelta(days=settings.keep_days)
+        audit_store.prune_targets(store, cutoff.isoformat())
+    return run

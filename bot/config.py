@@ -211,6 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("ldap_domain_base", "AUTHGUARD_LDAP_DOMAIN_BASE", "ldap", "domain_base", _text),
     Option("ldap_timeout", "AUTHGUARD_LDAP_TIMEOUT", "ldap", "timeout", _float_positive, 15.0),
     Option("db", "AUTHGUARD_DB", "storage", "db", _text, "authguard.db"),
+    Option("keep_days", "AUTHGUARD_KEEP_DAYS", "storage", "keep_days", _int_range(7, 3650), 180),
     Option("exempt_servers", "AUTHGUARD_EXEMPT_SERVERS", "audit", "exempt_servers", _name_list, ()),
     Option("slack_bot_token", "SLACK_BOT_TOKEN", "slack", "bot_token", _secret),
     Option("slack_app_token", "SLACK_APP_TOKEN", "slack", "app_token", _secret),
@@ -268,6 +269,7 @@ class Settings:
     ldap_domain_base: str | None = None
     ldap_timeout: float = 15.0
     db: str = "authguard.db"
+    keep_days: int = 180
     exempt_servers: tuple[str, ...] = ()
     slack_bot_token: Secret | None = None
     slack_app_token: Secret | None = None

@@ -281,3 +281,22 @@ def daily_open_counts(store: Store, since_iso: str) -> dict[str, int]:
     for row in rows:
         counts[row["day"]] = row["open"]
     return counts
+
+
+def prune_targets(store: Store, started_before: str) -> int:
+    """Delete the per-target rows of runs started before ``started_before`` (ISO time), and
+    return how many went. The run rows stay (counts, trend, history); so do the targets of the
+    latest successful full audit and of the audit the last summary compared against."""
+    with store.transaction() as db:
+        cursor = db.execute(
+            """
+            delete from audit_targets where audit_id in (
+              select id from audit_runs where started_at < :before
+                and id != coalesce((select max(id) from audit_runs
+                                    where scope = 'full' and status = 'succeeded'), 0)
+                and id != coalesce((select audit_id from summaries order by id desc limit 1), 0)
+            )
+            """,
+            {"before": started_before},
+        )
+        return cursor.rowcount

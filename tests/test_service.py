@@ -131,3 +131,29 @@ def test_a_run_left_running_by_a_dead_process_is_marked_failed(tmp_path):
     assert audit_store.get_run(store, dead)["status"] == "failed"
     assert "interrupted" in audit_store.get_run(store, dead)["error"]
     assert audit_store.get_run(store, fresh)["status"] == "running"
+
+
+def test_old_per_target_rows_are_pruned_after_a_full_audit(tmp_path):
+    """AUTHGUARD_KEEP_DAYS: the targets of old runs go, their run rows and the latest stay."""
+    from storage import audits as audit_store
+
+    store = open_store(str(tmp_path / "a.db"))
+    core = Authguard(Settings(keep_days=30), store, sample)
+    old = core.audit("schedule").run
+    with store.transaction() as db:
+        db.execute(
+            "update audit_runs set started_at = '2020-01-01T00:00' where id = ?", [old["id"]]
+        )
+    new = core.audit("schedule").run
+    assert list(audit_store.iter_run_targets(store, old["id"])) == []
+    assert audit_store.get_run(store, old["id"])["total"] == old["total"]  # the run row stays
+    assert len(list(audit_store.iter_run_targets(store, new["id"]))) == new["total"]
+
+
+def test_the_latest_audit_is_never_pruned_however_old(tmp_path):
+    from storage import audits as audit_store
+
+    store = open_store(str(tmp_path / "a.db"))
+    run = Authguard(Settings(), store, sample).audit("cli").run
+    assert audit_store.prune_targets(store, "2999-01-01T00:00") == 0
+    assert len(list(audit_store.iter_run_targets(store, run["id"]))) == run["total"]
