@@ -43,3 +43,26 @@ def test_http_mode_needs_the_signing_secret_not_the_app_token(tmp_path):
     assert result.returncode == 2
     assert "missing setting: SLACK_SIGNING_SECRET" in result.stderr
     assert "xoxb-1" not in result.stderr + result.stdout
+
+
+def test_socket_mode_builds_without_a_signing_secret(tmp_path):
+    """Socket Mode needs the app token, not the signing secret; nothing connects until start."""
+    from bot.config import Secret, Settings
+    from bot.directory import sample
+    from handlers.runtime import Runtime
+    from handlers.server import socket_mode_handler
+    from tests.fakeslack import FakeSlack
+
+    with FakeSlack() as fake:
+        settings = Settings(
+            db=str(tmp_path / "a.db"),
+            slack_bot_token=Secret("xoxb-1"),
+            slack_app_token=Secret("xapp-1"),
+            slack_channel="C0SEC",
+            slack_api_url=fake.base_url,
+        )
+        runtime = Runtime(settings, socket_mode=True, open_directory=sample)
+        handler = socket_mode_handler(runtime.app, "xapp-1")
+        assert handler.app is runtime.app
+        assert fake.count("auth.test") == 1  # the bot token was checked at start
+        assert fake.count("apps.connections.open") == 0
