@@ -448,17 +448,15 @@ def approve(
     if not settings.approvers or not is_approver:
         request = rs.get_request(store, request_id)
         reason = "no approvers are configured" if not settings.approvers else "not an approver"
-        log.append(
+        log.log_denial(
             store,
-            "denial",
             user_id=user_id,
             user_name=user_name,
-            target_dn=request["dn"] if request else None,
-            before=request["flags_before"] if request else None,
-            after=request["flags_after"] if request else None,
+            reason=reason,
+            request=request,
             request_id=str(request_id),
-            detail={"reason": reason, "known_request": request is not None},
             at=moment,
+            known_request=request is not None,
         )
         if not settings.approvers:
             return ApprovalResult(

@@ -58,14 +58,14 @@ def _check_approver(
     if settings.approvers and is_approver:
         return
     reason = "no approvers are configured" if not settings.approvers else "not an approver"
-    log.append(
+    log.log_denial(
         store,
-        "denial",
         user_id=user_id,
         user_name=user_name,
+        reason=reason,
         target_dn=target_dn,
-        detail={"reason": reason, "step": step},
         at=moment,
+        step=step,
     )
     if not settings.approvers:
         raise NotAuthorized(

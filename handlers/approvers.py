@@ -107,14 +107,15 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
         message = NOT_APPROVER if approvers.configured else NO_APPROVERS
         request_id = _request_id(body)
         request = rs.get_request(store, request_id) if request_id else None
-        audit_log.append(
+        audit_log.log_denial(
             store,
-            "denial",
             user_id=user_id,
             user_name=user_name,
-            target_dn=request["dn"] if request else None,
+            reason=message,
+            request=request,
             request_id=request_id,
-            detail={"action": _what(body), "reason": message, "known_request": bool(request)},
+            action=_what(body),
+            known_request=bool(request),
         )
         if body.get("type") == "view_submission":
             errors = {"response_action": "errors", "errors": {"reason": message}}

@@ -149,6 +149,37 @@ def append(store: Store, event: str, **fields: Any) -> dict[str, Any]:
         return append_in(db, event, **fields)
 
 
+def log_denial(
+    store: Store,
+    *,
+    user_id: str | None,
+    user_name: str | None,
+    reason: str,
+    request: Mapping[str, Any] | None = None,
+    request_id: str | None = None,
+    target_dn: str | None = None,
+    at: datetime | None = None,
+    **detail: Any,
+) -> dict[str, Any]:
+    """Record a refused approval or waiver: who, on what (the stored request, when known), why.
+
+    >>> log_denial(store, user_id="U2", user_name="mallory", reason="not an approver",
+    ...            request=request, action="approve_fix")  # doctest: +SKIP
+    """
+    return append(
+        store,
+        "denial",
+        user_id=user_id,
+        user_name=user_name,
+        target_dn=request["dn"] if request else target_dn,
+        before=request.get("flags_before") if request else None,
+        after=request.get("flags_after") if request else None,
+        request_id=request_id if request_id is not None else (request or {}).get("id"),
+        detail={"reason": reason, **detail},
+        at=at,
+    )
+
+
 def log_audit_run(
     store: Store,
     run: Mapping[str, Any],
