@@ -6,6 +6,7 @@ Exit codes, like a linter: 0 nothing to report, 1 a target is ``warning`` or ``u
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -17,7 +18,7 @@ from bot.audit import FULL, AuditFailed, Scope, run_audit
 from bot.config import ConfigError, Settings, load_settings
 from bot.directory import Directory, connect, sample
 from bot.logs import redact, secrets_of
-from bot.report import summary_line, table_lines, write_json
+from bot.report import summary_line, table_lines, target_json, write_json
 from bot.service import close_matches
 from storage import StorageError, Store, open_store
 from storage import audits as audit_store
@@ -224,10 +225,6 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
         if not rows:
             _not_found(store, server)
     if as_json:
-        import json
-
-        from bot.report import target_json
-
         name = rows[0]["server"] if rows else server
         click.echo(
             json.dumps({"server": name, "targets": [target_json(r) for r in rows]}, indent=1)

@@ -26,6 +26,7 @@ from handlers.blocks import ActionId
 from handlers.replies import who
 from handlers.services import Services
 from storage import audits as audit_store
+from storage import chat as chat_store
 from storage import remediation as rs
 
 log = logging.getLogger(__name__)
@@ -75,8 +76,6 @@ class Clicks:
 
     def thread(self, server: str, text: str) -> None:
         """A reply in the thread of the server's warning message."""
-        from storage import chat as chat_store
-
         kept = chat_store.get_warning(self.services.store, server)
         if not kept or not kept.get("ts"):
             return
