@@ -19,6 +19,7 @@ import pytest
 from tests import slackreq
 from tests.botharness import CHANNEL, SIGNING_SECRET, BotHarness
 from tests.forest import ServerSpec, connector_dn, vserver_dn, write_forest
+from tests.helpers import wait_until
 from tests.slapd_server import SlapdServer
 
 EXA = ServerSpec("EXA", smtp_flags=[7])  # fix: 7 -> 5
@@ -106,16 +107,6 @@ def button(bot, server: str, action_id: str) -> str:
 
 def warning_ts(bot, server: str) -> str:
     return bot.runtime.store.db["warning_messages"].get(server)["ts"]
-
-
-def wait_until(check, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def ephemerals(bot, user: str = APPROVER) -> list[str]:

@@ -11,8 +11,6 @@ and the entry's entryCSN does not move).
 from __future__ import annotations
 
 import json
-import sqlite3
-import time
 
 import ldap3
 import pytest
@@ -22,6 +20,7 @@ from storage.audit_log import verify_log
 from tests.botprocess import CHANNEL, BotProcess, serve_env
 from tests.fakeslack import FakeSlack
 from tests.forest import ServerSpec, vserver_dn, write_forest
+from tests.helpers import rows, wait_until
 from tests.ldaprelay import LdapRelay
 from tests.slapd_server import SlapdServer
 
@@ -61,25 +60,6 @@ def entry(directory: SlapdServer, dn: str) -> dict:
         return {"flags": int(attrs[SMTP][0]), "csn": str(attrs["entryCSN"][0])}
     finally:
         conn.unbind()
-
-
-def rows(db: str, sql: str, *args) -> list[dict]:
-    conn = sqlite3.connect(db, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
-
-
-def wait_until(check, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def warning_ts(db: str, server: str) -> str:

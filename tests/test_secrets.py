@@ -13,7 +13,6 @@ import json
 import logging
 import sys
 import threading
-import time
 from dataclasses import replace
 from urllib.parse import quote, unquote
 
@@ -28,6 +27,7 @@ from tests.botharness import BOT_TOKEN, SIGNING_SECRET, BotHarness
 from tests.botprocess import BotProcess, run_cli, serve_env
 from tests.fakeslack import FakeSlack
 from tests.forest import ServerSpec, write_forest
+from tests.helpers import wait_until
 from tests.slapd_server import SlapdServer
 
 WRONG_PASSWORD = "Wr0ng-LDAP-pa55word-9f2c"
@@ -64,16 +64,6 @@ def without_trigger_id(body: str) -> str:
     payload = json.loads(unquote(body[len("payload=") :]))
     del payload["trigger_id"]
     return "payload=" + quote(json.dumps(payload), safe="")
-
-
-def wait_until(check, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 @pytest.fixture

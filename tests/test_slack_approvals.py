@@ -10,6 +10,7 @@ import pytest
 
 from tests.botharness import CHANNEL, BotHarness
 from tests.forest import ServerSpec, connector_dn, vserver_dn
+from tests.helpers import read_flags, wait_until
 from tests.slapd_server import private_slapd
 
 EXA = ServerSpec("EXA", smtp_flags=[7])  # Basic on, fix: 7 -> 5
@@ -29,16 +30,6 @@ def directory(tmp_path_factory):
     """A private slapd for this module: these tests change flags and stop the server."""
     with private_slapd(tmp_path_factory, "approvals-slapd", SERVERS) as server:
         yield server
-
-
-def flags_in_directory(directory, dn: str, attribute: str = "msExchAuthenticationFlags"):
-    conn = directory.admin_connection()
-    try:
-        conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=[attribute])
-        values = conn.entries[0][attribute].values
-        return int(values[0]) if values else None
-    finally:
-        conn.unbind()
 
 
 def start_bot(tmp_path, directory, **overrides):
@@ -80,16 +71,6 @@ def buttons(bot, server: str) -> dict[str, list[dict]]:
 
 def value_of(bot, server: str, action_id: str) -> str:
     return buttons(bot, server)[action_id][0]["value"]
-
-
-def wait_until(check, timeout: float = 10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def ephemerals(bot, user: str) -> list[str]:
@@ -137,7 +118,7 @@ def test_an_approver_fixes_exactly_the_intended_bits_and_it_is_verified(bot, dir
     status, _ = bot.click("approve_fix", value_of(bot, "EXA", "approve_fix"), user_id=APPROVER)
     assert status == 200
     dn = vserver_dn(EXA, 1)
-    wait_until(lambda: flags_in_directory(directory, dn) == 5)
+    wait_until(lambda: read_flags(directory, dn) == 5)
     shown = wait_until(
         lambda: (
             "Fixed and verified" in json.dumps(warning_blocks(bot, "EXA"))
@@ -165,7 +146,7 @@ def test_a_non_approver_changes_nothing_and_is_logged(bot, directory):
     assert wait_until(lambda: ephemerals(bot, STRANGER)) == [
         "You are not an approver for authguard."
     ]
-    assert flags_in_directory(directory, vserver_dn(EXA, 1)) == 7
+    assert read_flags(directory, vserver_dn(EXA, 1)) == 7
     denial = [r for r in bot.runtime.store.db["audit_log"].rows if r["event"] == "denial"]
     assert denial and denial[-1]["user_id"] == STRANGER
 
@@ -175,7 +156,7 @@ def test_a_user_group_member_may_approve(bot, directory):
     bot.click(
         "approve_fix", value_of(bot, "EXA", "approve_fix"), user_id=GROUP_MEMBER, user_name="carol"
     )
-    wait_until(lambda: flags_in_directory(directory, vserver_dn(EXA, 1)) == 5)
+    wait_until(lambda: read_flags(directory, vserver_dn(EXA, 1)) == 5)
     assert bot.fake.count("usergroups.users.list") >= 1
 
 
@@ -185,7 +166,7 @@ def test_nobody_may_approve_when_no_approvers_are_configured(tmp_path, directory
         bot.click("approve_fix", value_of(bot, "EXA", "approve_fix"), user_id=APPROVER)
         text = wait_until(lambda: ephemerals(bot, APPROVER))[0]
         assert "no approvers are configured" in text
-        assert flags_in_directory(directory, vserver_dn(EXA, 1)) == 7
+        assert read_flags(directory, vserver_dn(EXA, 1)) == 7
 
 
 def test_two_approver_mode_needs_two_different_people(tmp_path, directory):
@@ -196,9 +177,9 @@ def test_two_approver_mode_needs_two_different_people(tmp_path, directory):
         wait_until(lambda: "1 of 2" in json.dumps(warning_blocks(bot, "EXA")))
         bot.click("approve_fix", value, user_id=APPROVER)  # the same person again: not counted
         wait_until(lambda: len(ephemerals(bot, APPROVER)) >= 2)
-        assert flags_in_directory(directory, vserver_dn(EXA, 1)) == 7
+        assert read_flags(directory, vserver_dn(EXA, 1)) == 7
         bot.click("approve_fix", value, user_id=GROUP_MEMBER, user_name="carol")
-        wait_until(lambda: flags_in_directory(directory, vserver_dn(EXA, 1)) == 5)
+        wait_until(lambda: read_flags(directory, vserver_dn(EXA, 1)) == 5)
 
 
 def test_double_click_and_concurrent_approvals_write_once(bot, directory):
@@ -212,7 +193,7 @@ def test_double_click_and_concurrent_approvals_write_once(bot, directory):
         click.start()
     for click in clicks:
         click.join()
-    wait_until(lambda: flags_in_directory(directory, vserver_dn(EXA, 1)) == 5)
+    wait_until(lambda: read_flags(directory, vserver_dn(EXA, 1)) == 5)
     time.sleep(0.5)  # let every lazy listener finish
     assert log_events(bot).count("write") == 1
     assert bot.runtime.store.db["jobs"].count == 1
@@ -224,7 +205,7 @@ def test_drift_between_warning_and_approval_is_refused(bot, directory):
     directory.modify(dn, {"msExchAuthenticationFlags": [("MODIFY_REPLACE", ["3"])]})
     bot.click("approve_fix", value_of(bot, "EXA", "approve_fix"), user_id=APPROVER)
     wait_until(lambda: "drift" in log_events(bot))
-    assert flags_in_directory(directory, dn) == 3
+    assert read_flags(directory, dn) == 3
     assert "write" not in log_events(bot)
 
 
@@ -233,7 +214,7 @@ def test_dry_run_writes_nothing_and_says_so(tmp_path, directory):
         audit(bot)
         bot.click("approve_fix", value_of(bot, "EXA", "approve_fix"), user_id=APPROVER)
         wait_until(lambda: "Dry run" in json.dumps(warning_blocks(bot, "EXA")))
-        assert flags_in_directory(directory, vserver_dn(EXA, 1)) == 7
+        assert read_flags(directory, vserver_dn(EXA, 1)) == 7
         assert "write" not in log_events(bot) and "dry_run" in log_events(bot)
 
 
@@ -242,7 +223,7 @@ def test_require_tls_keeps_basic_and_sets_the_tls_bit(bot, directory):
     bot.click("require_tls", value_of(bot, "EXB", "require_tls"), user_id=APPROVER)
     dn = connector_dn(EXB, "Partner EXB")
     attr = "msExchSMTPReceiveInboundSecurityFlag"
-    wait_until(lambda: flags_in_directory(directory, dn, attr) == 13)
+    wait_until(lambda: read_flags(directory, dn, attr) == 13)
 
 
 # -- bad buttons -----------------------------------------------------------------------------
@@ -253,7 +234,7 @@ def test_a_made_up_request_id_changes_nothing(bot, directory):
     bot.click("approve_fix", "made-up-id-0000000000", user_id=APPROVER)
     text = wait_until(lambda: ephemerals(bot, APPROVER))[0]
     assert "no longer" in text or "not" in text
-    assert flags_in_directory(directory, vserver_dn(EXA, 1)) == 7
+    assert read_flags(directory, vserver_dn(EXA, 1)) == 7
 
 
 def test_an_expired_request_says_so_and_offers_a_recheck(bot, directory):
@@ -267,7 +248,7 @@ def test_an_expired_request_says_so_and_offers_a_recheck(bot, directory):
     reply = wait_until(lambda: [c.params for c in bot.fake.calls("chat.postEphemeral")])[0]
     assert "expired" in reply["text"]
     assert "recheck" in json.dumps(reply["blocks"])
-    assert flags_in_directory(directory, vserver_dn(EXA, 1)) == 7
+    assert read_flags(directory, vserver_dn(EXA, 1)) == 7
 
 
 # -- waivers and rechecks --------------------------------------------------------------------

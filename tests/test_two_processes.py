@@ -13,14 +13,12 @@ can hold the directory's answers to keep an audit running), and post to one fake
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime
 
-import ldap3
 import pytest
 
 from storage import open_store
@@ -28,6 +26,7 @@ from storage.audit_log import verify_log
 from tests.botprocess import CHANNEL, REPO, BotProcess, child_env, serve_env
 from tests.fakeslack import FakeSlack
 from tests.forest import ServerSpec, vserver_dn, write_forest
+from tests.helpers import read_flags, rows, wait_until
 from tests.ldaprelay import LdapRelay
 from tests.slapd_server import SlapdServer, _die_with_parent
 
@@ -77,34 +76,6 @@ def relay(directory):
     directory.reset([directory.forest])
     with LdapRelay(directory.ldap_port) as relay:
         yield relay
-
-
-def flags(directory: SlapdServer, dn: str) -> int:
-    conn = directory.admin_connection()
-    try:
-        conn.search(dn, "(objectClass=*)", ldap3.BASE, attributes=[SMTP])
-        return int(conn.entries[0][SMTP].values[0])
-    finally:
-        conn.unbind()
-
-
-def rows(db: str, sql: str, *args) -> list[dict]:
-    conn = sqlite3.connect(db, timeout=10)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
-
-
-def wait_until(check, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def top_level_posts(fake: FakeSlack) -> list[dict]:
@@ -206,8 +177,8 @@ def test_one_audit_at_a_time_and_one_remediation_per_click(pair, directory, rela
         lambda: "Fixed and verified" in json.dumps(fake.message(warning_ts(db, "EXA"))),
         what="the warning shows the outcome",
     )
-    assert flags(directory, vserver_dn(SERVERS[0])) == 5
-    assert flags(directory, vserver_dn(SERVERS[1])) == 6
+    assert read_flags(directory, vserver_dn(SERVERS[0])) == 5
+    assert read_flags(directory, vserver_dn(SERVERS[1])) == 6
     assert relay.modifies == 1
     assert len(rows(db, "select id from jobs")) == 1
     events = [r["event"] for r in rows(db, "select event from audit_log order by id")]
