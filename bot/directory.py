@@ -103,16 +103,6 @@ _PLAIN_RDN = rf"[A-Za-z][A-Za-z0-9-]*={_PLAIN_VALUE}"
 _PLAIN_DN = re.compile(rf"{_PLAIN_RDN}(?:,{_PLAIN_RDN})*")
 
 
-def _parse_dn(dn: str) -> list[tuple[str, str, str]]:
-    """``parse_dn(dn)``, the same result, at a fraction of its cost for a plain DN: an audit
-    parses every DN it reads."""
-    if not _PLAIN_DN.fullmatch(dn):
-        return parse_dn(dn)
-    parts = [(attr, value, ",") for attr, _, value in (p.partition("=") for p in dn.split(","))]
-    parts[-1] = (parts[-1][0], parts[-1][1], "")
-    return parts
-
-
 def dn_key(dn: str) -> str:
     """A DN normalised for comparison: ``CN=A,CN=B`` and ``cn=a, cn=b`` give the same key."""
     if _PLAIN_DN.fullmatch(dn):

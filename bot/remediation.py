@@ -748,23 +748,18 @@ def _claim(
                 f"Job {busy['id']} on this target has not finished; try again when it has.",
                 **base,
             )
-        job = rs.insert_job(
+        job = _insert_claimed_job(
             db,
-            {
-                "request_id": request["id"],
-                "kind": "fix",
-                "mode": settings.remediation_mode,
-                "state": rs.CLAIMED,
-                "owner": process_owner(),
-                "actor_id": actor.user_id,
-                "actor_name": actor.user_name,
-                "started_at": stamp,
-                "target_key": request["target_key"],
-                "dn": request["dn"],
-                "attribute": KINDS[request["kind"]].attribute,
-                "before": request["flags_before"],
-                "after": request["flags_after"],
-            },
+            settings,
+            actor,
+            stamp,
+            request_id=request["id"],
+            kind="fix",
+            target_key=request["target_key"],
+            dn=request["dn"],
+            attribute=KINDS[request["kind"]].attribute,
+            before=request["flags_before"],
+            after=request["flags_after"],
         )
         if not rs.move_request(
             db,
@@ -777,9 +772,28 @@ def _claim(
         ):  # pragma: no cover - the IMMEDIATE transaction makes this impossible
             raise RuntimeError("lost the claim inside an IMMEDIATE transaction")
         _log_started(db, job, request, actor, approvals, moment)
-        with _in_flight_lock:
-            _in_flight.add(int(job["id"]))
         return job, rs.get_request(db, request["id"]) or request
+
+
+def _insert_claimed_job(
+    db: Any, settings: Settings, actor: Actor, stamp: str, **fields: Any
+) -> dict[str, Any]:
+    """Insert a job in state ``claimed`` for this process and mark it in flight here."""
+    job = rs.insert_job(
+        db,
+        {
+            "mode": settings.remediation_mode,
+            "state": rs.CLAIMED,
+            "owner": process_owner(),
+            "actor_id": actor.user_id,
+            "actor_name": actor.user_name,
+            "started_at": stamp,
+            **fields,
+        },
+    )
+    with _in_flight_lock:
+        _in_flight.add(int(job["id"]))
+    return job
 
 
 def _log_started(
@@ -1231,24 +1245,19 @@ def _claim_rollback(
                 f"Job {busy['id']} on this target has not finished; try again when it has.",
                 **base,
             )
-        job = rs.insert_job(
+        job = _insert_claimed_job(
             db,
-            {
-                "request_id": original["request_id"],
-                "kind": "rollback",
-                "mode": settings.remediation_mode,
-                "state": rs.CLAIMED,
-                "owner": process_owner(),
-                "actor_id": actor.user_id,
-                "actor_name": actor.user_name,
-                "started_at": stamp,
-                "target_key": original["target_key"],
-                "dn": original["dn"],
-                "attribute": original["attribute"],
-                "before": original["after"],
-                "after": original["before"],
-                "rolls_back_job_id": original["id"],
-            },
+            settings,
+            actor,
+            stamp,
+            request_id=original["request_id"],
+            kind="rollback",
+            target_key=original["target_key"],
+            dn=original["dn"],
+            attribute=original["attribute"],
+            before=original["after"],
+            after=original["before"],
+            rolls_back_job_id=original["id"],
         )
         log.append_in(
             db,
@@ -1263,8 +1272,6 @@ def _claim_rollback(
             detail={"kind": "rollback", "mode": job["mode"], "rolls_back_job_id": original["id"]},
             at=moment,
         )
-        with _in_flight_lock:
-            _in_flight.add(int(job["id"]))
         return job, request
 
 

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from bot.rules import KINDS, describe, reason_text
+from bot.rules import describe, reason_text
 
 SUMMARY_KEYS = ("warning", "ok", "exempt", "unknown", "waived")
 KIND_SHORT = {"smtp_virtual_server": "SMTP VS", "receive_connector": "Receive conn."}
@@ -113,7 +113,3 @@ def summary_line(run: dict[str, Any]) -> str:
     counts = ", ".join(f"{run.get(key) or 0} {key}" for key in SUMMARY_KEYS if run.get(key))
     total = run.get("total") or 0
     return f"Audit {run['id']} {run['status']}: {counts or 'no targets'} ({total} targets)"
-
-
-def kind_label(kind: str) -> str:
-    return KINDS[kind].label

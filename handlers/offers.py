@@ -48,7 +48,7 @@ class Offers:
                 lines.append(
                     job_note(
                         job,
-                        chat_store.approver_names(self.store, job.get("request_id")),
+                        self._approver_names(job.get("request_id")),
                         row["kind"],
                     )
                 )
@@ -60,6 +60,11 @@ class Offers:
             buttons[key], extra = self._buttons(row)
             notes[key] = "\n".join(lines + extra)
         return buttons, notes
+
+    def _approver_names(self, request_id: str | None) -> list[str]:
+        if not request_id:
+            return []
+        return [a.user_name or a.user_id for a in remediation.approvals_of(self.store, request_id)]
 
     def _request(self, row: dict[str, Any], action: str) -> dict[str, Any]:
         return remediation.create_request(self.settings, self.store, row, action)
@@ -74,7 +79,7 @@ class Offers:
                 lines.append(f":raised_hand: *Needs a manual decision:* {esc(exc)}")
             else:
                 out.append(self._approve_button(fix))
-                approved = chat_store.approver_names(self.store, fix["id"])
+                approved = self._approver_names(fix["id"])
                 if approved:
                     lines.append(approvals_note(approved, fix["required_approvals"]))
             try:

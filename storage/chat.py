@@ -135,14 +135,3 @@ def latest_job(store: Store, target_key: str, since: str | None = None) -> dict[
         args.append(since)
     rows = list(store.db["jobs"].rows_where(where, args, order_by="id desc", limit=1))
     return rows[0] if rows else None
-
-
-def approver_names(store: Store, request_id: str | None) -> list[str]:
-    """Names (or ids) of the people who approved a request, in order."""
-    if not request_id:
-        return []
-    rows = store.db.query(
-        "select user_id, user_name from approvals where request_id = ? order by rowid",
-        [request_id],
-    )
-    return [r["user_name"] or r["user_id"] for r in rows]

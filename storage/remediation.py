@@ -170,11 +170,6 @@ def expirable_requests(db: Database, now: str) -> list[dict[str, Any]]:
     )
 
 
-def recent_requests(store: Store, limit: int = 50) -> list[dict[str, Any]]:
-    """The newest requests, newest first."""
-    return list(store.db["fix_requests"].rows_where(order_by="created_at desc", limit=limit))
-
-
 # -- approvals ------------------------------------------------------------------------------
 
 
