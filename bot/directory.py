@@ -180,25 +180,26 @@ def _lowered(attributes: dict) -> dict:
 
 
 SERVER = object()  # _kind_of's answer for an Exchange server object
+_CLASSES: dict[str, Kind | object] = {**KIND_BY_CLASS, SERVER_CLASS: SERVER}
 
 
 def _kind_of(attrs: dict) -> Kind | object | None:
     """:data:`SERVER`, the :class:`~bot.rules.Kind` of a target, or ``None``, by object class
-    (``attrs`` as :func:`_lowered` gives them)."""
+    (``attrs`` as :func:`_lowered` gives them). A server object is a server whatever else it is."""
     kind = None
     for value in _as_list(attrs.get("objectclass")):
-        name = str(value).lower()
-        if name == SERVER_CLASS:
+        found = _CLASSES.get(value.lower() if isinstance(value, str) else str(value).lower())
+        if found is SERVER:
             return SERVER
-        kind = kind or KIND_BY_CLASS.get(name)
+        kind = kind or found
     return kind
 
 
-def _as_list(value: object) -> tuple[object, ...]:
+def _as_list(value: object) -> list | tuple:
     if value is None:
         return ()
     if isinstance(value, (list, tuple)):
-        return tuple(value)
+        return value
     return (value,)
 
 
@@ -432,12 +433,12 @@ def _quietly_unbind(connection: Connection) -> None:
 
 
 def _raw_values(raw: dict, attribute: str) -> tuple[object, ...]:
-    for key, values in raw.items():
-        if key.lower() == attribute.lower():
-            return tuple(
-                v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values
-            )
-    return ()
+    """The raw values of ``attribute`` (any case) as text, in the order the server sent them."""
+    values = raw.get(attribute)  # ldap3's dict ignores case; a plain dict may need the loop
+    if values is None:
+        wanted = attribute.lower()
+        values = next((v for k, v in raw.items() if k.lower() == wanted), ())
+    return tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values)
 
 
 def _describe(exc: BaseException) -> str:

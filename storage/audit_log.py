@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from storage.db import Store
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 GENESIS = "0" * 64
 COLUMNS = (
@@ -99,7 +101,7 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def append_in(
-    db: Database,
+    db: Database | sqlite3.Connection,
     event: str,
     *,
     user_id: str | None = None,
@@ -112,14 +114,16 @@ def append_in(
     detail: Mapping[str, Any] | None = None,
     at: datetime | None = None,
 ) -> dict[str, Any]:
-    """Append one row inside the caller's open ``store.transaction()``; return the row.
+    """Append one row inside the caller's open ``store.transaction()`` (its ``Database``) or
+    ``store.atomic()`` (its connection); return the row.
 
     Use this when the event must commit together with the state change it records.
     """
-    if not db.conn.in_transaction:
+    conn = db if isinstance(db, sqlite3.Connection) else db.conn
+    if not conn.in_transaction:
         raise RuntimeError("append_in() needs an open store.transaction()")
-    last = db.execute("select id, hash from audit_log order by id desc limit 1").fetchone()
-    seq = db.execute("select seq from sqlite_sequence where name = 'audit_log'").fetchone()
+    last = conn.execute("select id, hash from audit_log order by id desc limit 1").fetchone()
+    seq = conn.execute("select seq from sqlite_sequence where name = 'audit_log'").fetchone()
     next_id = max(last[0] if last else 0, seq[0] if seq else 0) + 1
     stamp = (at or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="microseconds")
     row: dict[str, Any] = {
@@ -139,14 +143,19 @@ def append_in(
         "prev_hash": last[1] if last else GENESIS,
     }
     row["hash"] = row_hash(row)
-    db["audit_log"].insert(row)
+    conn.execute(_INSERT_ROW, [row[name] for name in COLUMNS])
     return row
+
+
+_INSERT_ROW = "insert into audit_log ({}) values ({})".format(
+    ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
+)
 
 
 def append(store: Store, event: str, **fields: Any) -> dict[str, Any]:
     """Append one row in its own IMMEDIATE transaction; see :func:`append_in` for the fields."""
-    with store.transaction() as db:
-        return append_in(db, event, **fields)
+    with store.atomic() as conn:
+        return append_in(conn, event, **fields)
 
 
 def log_denial(

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from storage.db import Store, now_iso
+from storage.db import Store, dict_rows, now_iso
 
 FULL = "full"
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
@@ -43,17 +43,13 @@ def start_run(
     store: Store, trigger: str, requested_by: str | None = None, scope: str = FULL
 ) -> int:
     """Record a new run as ``running`` and return its id."""
-    with store.transaction() as db:
-        table = db["audit_runs"].insert(
-            {
-                "started_at": now_iso(),
-                "trigger": trigger,
-                "requested_by": requested_by,
-                "scope": scope,
-                "status": RUNNING,
-            }
+    with store.atomic() as conn:
+        cursor = conn.execute(
+            "insert into audit_runs (started_at, trigger, requested_by, scope, status) "
+            "values (?, ?, ?, ?, ?)",
+            [now_iso(), trigger, requested_by, scope, RUNNING],
         )
-        return int(table.last_pk)
+        return int(cursor.lastrowid or 0)
 
 
 def add_targets(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> None:
@@ -86,8 +82,8 @@ def add_targets(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> No
         )
     # one prepared statement for the whole batch (sqlite-utils' insert_all costs more than
     # the rest of an audit's storage)
-    with store.transaction() as db:
-        db.conn.executemany(_INSERT_TARGET, records)
+    with store.atomic() as conn:
+        conn.executemany(_INSERT_TARGET, records)
 
 
 _INSERT_TARGET = "INSERT INTO audit_targets (audit_id, {}) VALUES (?{})".format(
@@ -107,14 +103,20 @@ def finish_run(
     values: dict[str, Any] = {"finished_at": now_iso(), "status": status, "error": error}
     values.update({name: int(counts.get(name, 0)) for name in COUNTED})
     values["total"] = sum(values[name] for name in COUNTED)
-    with store.transaction() as db:
-        db["audit_runs"].update(run_id, values)
+    with store.atomic() as conn:
+        conn.execute(
+            "update audit_runs set {} where id = ?".format(", ".join(f"{k} = ?" for k in values)),
+            [*values.values(), run_id],
+        )
     return get_run(store, run_id)
 
 
 def get_run(store: Store, run_id: int) -> dict[str, Any]:
-    """The run row as a dict (raises ``sqlite_utils.db.NotFoundError`` when there is none)."""
-    return dict(store.db["audit_runs"].get(run_id))
+    """The run row as a dict (raises :class:`KeyError` when there is none)."""
+    rows = dict_rows(store.conn.execute("select * from audit_runs where id = ?", [run_id]))
+    if not rows:
+        raise KeyError(f"no audit run {run_id}")
+    return rows[0]
 
 
 def latest_run(store: Store, scope: str = FULL, status: str | None = None) -> dict | None:
@@ -155,7 +157,7 @@ _TARGET_JSON = """
 def iter_run_targets_json(store: Store, run_id: int) -> Iterator[str]:
     """The targets of a run as JSON objects (the ``--json`` contract), encoded by SQLite itself,
     in the same order as :func:`iter_run_targets`."""
-    for (text,) in store.db.conn.execute(_TARGET_JSON, [run_id]):
+    for (text,) in store.conn.execute(_TARGET_JSON, [run_id]):
         yield text
 
 
@@ -287,8 +289,8 @@ def prune_targets(store: Store, started_before: str) -> int:
     """Delete the per-target rows of runs started before ``started_before`` (ISO time), and
     return how many went. The run rows stay (counts, trend, history); so do the targets of the
     latest successful full audit and of the audit the last summary compared against."""
-    with store.transaction() as db:
-        cursor = db.execute(
+    with store.atomic() as conn:
+        cursor = conn.execute(
             """
             delete from audit_targets where audit_id in (
               select id from audit_runs where started_at < :before

@@ -7,6 +7,12 @@ True
 Each migration is a function that takes the ``sqlite_utils.Database`` and creates or alters
 tables; ``PRAGMA user_version`` records how many have run. Add new ones at the end, never edit
 an old one.
+
+``store.db`` is sqlite-utils' ``Database`` (tables, upserts, ``rows_where``); ``store.conn`` is
+the plain ``sqlite3`` connection under it. sqlite-utils is imported the first time ``store.db``
+is used: the audit's own path (:mod:`storage.audits`, the audit log, reading waivers) writes
+plain SQL on ``store.conn``, so ``authguard audit`` never pays for importing it (about 0.03 s,
+0.07 s when numpy is installed, which sqlite-utils then imports too).
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 
 class StorageError(Exception):
@@ -313,7 +321,7 @@ def _rollback(conn: sqlite3.Connection) -> None:
             pass
 
 
-def _connect(path: str) -> Database:
+def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False, isolation_level=None
     )
@@ -322,8 +330,24 @@ def _connect(path: str) -> Database:
         conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _wrap(conn: sqlite3.Connection) -> Database:
+    from sqlite_utils import Database
+
     # no sqlite-utils plugins on authguard's connection (and no entry-point scan at each open)
     return Database(conn, execute_plugins=False)
+
+
+def dict_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    """The rows of an executed query as dicts by column name (plain ``sqlite3``, no sqlite-utils).
+
+    >>> dict_rows(store.conn.execute("select 1 as one"))  # doctest: +SKIP
+    [{'one': 1}]
+    """
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
 def explain(exc: sqlite3.Error, path: str) -> str:
@@ -339,7 +363,8 @@ def explain(exc: sqlite3.Error, path: str) -> str:
 
 
 class Store:
-    """The authguard database. ``store.db`` is this thread's ``sqlite_utils.Database``.
+    """The authguard database. ``store.db`` is this thread's ``sqlite_utils.Database``,
+    ``store.conn`` the ``sqlite3`` connection under it.
 
     Each thread gets its own SQLite connection (SQLite connections are not shared across threads);
     an in-memory store shares one connection, guarded by a lock.
@@ -348,55 +373,77 @@ class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self._local = threading.local()
-        self._shared: Database | None = None
+        self._shared: sqlite3.Connection | None = None
+        self._shared_db: Database | None = None
         self.lock = threading.RLock()
         if path == ":memory:":
             self._shared = _connect(path)
         try:
-            migrate(self.db)
+            # an up-to-date database is checked on the plain connection (see the module's note)
+            if self.conn.execute("PRAGMA user_version").fetchone()[0] < len(MIGRATIONS):
+                migrate(self.db)
         except sqlite3.Error as exc:
             raise StorageError(explain(exc, path)) from exc
 
     @property
-    def db(self) -> Database:
+    def conn(self) -> sqlite3.Connection:
         if self._shared is not None:
             return self._shared
-        db = getattr(self._local, "db", None)
-        if db is None:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
             try:
-                db = _connect(self.path)
+                conn = _connect(self.path)
             except sqlite3.Error as exc:
                 raise StorageError(explain(exc, self.path)) from exc
-            self._local.db = db
+            self._local.conn = conn
+        return conn
+
+    @property
+    def db(self) -> Database:
+        if self._shared is not None:
+            if self._shared_db is None:
+                self._shared_db = _wrap(self._shared)
+            return self._shared_db
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = _wrap(self.conn)
         return db
+
+    @contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """``with store.atomic() as conn:`` runs the block in one IMMEDIATE transaction on the
+        plain connection; a database failure becomes a :class:`StorageError` and rolls back."""
+        conn = self.conn
+        with self.lock if self._shared is not None else _nolock():
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise StorageError(explain(exc, self.path)) from exc
+            try:
+                yield conn
+            except sqlite3.Error as exc:  # locked, disk full, I/O error: a clear StorageError
+                _rollback(conn)
+                raise StorageError(explain(exc, self.path)) from exc
+            except BaseException:
+                _rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                _rollback(conn)
+                raise StorageError(explain(exc, self.path)) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[Database]:
         """``with store.transaction() as db:`` runs the block in one IMMEDIATE transaction."""
-        db = self.db
-        with self.lock if self._shared is not None else _nolock():
-            try:
-                db.conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StorageError(explain(exc, self.path)) from exc
-            try:
-                yield db
-            except sqlite3.Error as exc:  # locked, disk full, I/O error: a clear StorageError
-                _rollback(db.conn)
-                raise StorageError(explain(exc, self.path)) from exc
-            except BaseException:
-                _rollback(db.conn)
-                raise
-            try:
-                db.conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                _rollback(db.conn)
-                raise StorageError(explain(exc, self.path)) from exc
+        with self.atomic():
+            yield self.db
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.conn.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
             self._local.db = None
 
 

@@ -32,11 +32,12 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
-
-from sqlite_utils import Database
+from typing import TYPE_CHECKING, Any
 
 from storage.db import Store
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 # request statuses
 PENDING, APPROVED, RUNNING = "pending", "approved", "running"

@@ -17,11 +17,12 @@ Times are the ISO strings of :func:`storage.remediation.iso`, which sort as time
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
+from storage.db import Store, dict_rows
 
-from storage.db import Store
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 COLUMNS = (
     "target_key",
@@ -74,11 +75,13 @@ def revoke(
 
 
 def active_waivers(store: Store, now: str) -> list[dict[str, Any]]:
-    """Every unrevoked waiver that has not expired at ``now``, by server then DN."""
-    return list(
-        store.db["waivers"].rows_where(
-            "revoked_at is null and expires_at > ?",
+    """Every unrevoked waiver that has not expired at ``now``, by server then DN.
+
+    Every audit reads these, so this is plain SQL on ``store.conn`` (see :mod:`storage.db`)."""
+    return dict_rows(
+        store.conn.execute(
+            "select * from waivers where revoked_at is null and expires_at > ? "
+            "order by server collate nocase, dn, id",
             [now],
-            order_by="server collate nocase, dn, id",
         )
     )

@@ -309,6 +309,44 @@ def test_json_contract(slapd: SlapdServer, work: Path) -> None:
     assert (missing["flags"], missing["basic_auth"], missing["verdict"]) == (None, None, "unknown")
 
 
+IMPORTS_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("heavy:", [m for m in ("sqlite_utils", "numpy") if m in sys.modules],
+                              file=sys.stderr))
+from bot.cli import main
+sys.argv = ["authguard", "audit", "--json"]
+main()
+"""
+
+
+def test_an_audit_of_an_up_to_date_database_does_not_import_sqlite_utils(
+    slapd: SlapdServer, work: Path
+) -> None:
+    """The audit's path writes plain SQL, so a scheduled or cron'd ``authguard audit`` does not
+    pay for importing sqlite-utils (and numpy, which it imports when installed). The first run
+    creates the tables with sqlite-utils; the next ones only audit."""
+    settings = ldap_env(slapd, work / "a.db")
+
+    def heavy_imports() -> str:
+        proc = subprocess.run(
+            [sys.executable, "-c", IMPORTS_PROBE],
+            cwd=work,
+            env=_process_env(settings),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert proc.returncode == 1, proc.stderr  # findings, as in test_json_contract
+        assert json.loads(proc.stdout)["audit"]["status"] == "succeeded"
+        return proc.stderr.strip().splitlines()[-1]
+
+    assert "sqlite_utils" in heavy_imports()  # the first run migrated the new database
+    assert heavy_imports() == "heavy: []"
+    assert [r["status"] for r in runs(work / "a.db")] == ["succeeded", "succeeded"]
+
+
 def test_a_clean_forest_exits_0(clean: SlapdServer, work: Path) -> None:
     """No warning and no unknown: exit 0, even with exempt targets (SBS and configured)."""
     env = ldap_env(clean, work / "a.db", AUTHGUARD_EXEMPT_SERVERS="legacy")
