@@ -136,7 +136,7 @@ def audit(context: Context, as_json: bool, sample: bool) -> None:
     store = context.store(sample_mode=sample)
     progress = _Progress(enabled=not as_json and sys.stderr.isatty())
     try:
-        run = _run(context, store, sample, progress=progress)
+        run = _run(context, store, sample, progress=progress if progress.enabled else None)
     except AuditFailed as exc:
         progress.done()
         if as_json:

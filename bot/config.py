@@ -17,6 +17,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -307,7 +308,12 @@ class Settings:
 
     def is_exempt(self, server: str) -> bool:
         """True when ``server`` is listed in AUTHGUARD_EXEMPT_SERVERS (case-insensitive)."""
-        return server.casefold() in {name.casefold() for name in self.exempt_servers}
+        return server.casefold() in _folded(self.exempt_servers)
+
+
+@lru_cache(maxsize=8)
+def _folded(names: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(name.casefold() for name in names)
 
 
 def _read_toml(path: str) -> dict[str, Any]:

@@ -97,10 +97,13 @@ class Target:
 
 
 # A DN that ldap3's full RFC 4514 parser would split at every comma and equal sign (no escapes,
-# no multi-valued RDNs, no spaces around separators): the common case, parsed here for less
-_PLAIN_VALUE = r'[^ =,\\"#+;<>\x00](?:[^=,\\"#+;<>\x00]*[^ =,\\"#+;<>\x00])?'
-_PLAIN_RDN = rf"[A-Za-z][A-Za-z0-9-]*={_PLAIN_VALUE}"
-_PLAIN_DN = re.compile(rf"{_PLAIN_RDN}(?:,{_PLAIN_RDN})*")
+# no multi-valued RDNs, no spaces around separators): the common case, parsed here for less.
+# A value is runs of other characters with single or repeated spaces only inside; the possessive
+# quantifiers never backtrack (twice as fast as the plain form, the same strings match)
+_SPECIAL = r'=,\\"#+;<>\x00'
+_PLAIN_VALUE = rf"[^ {_SPECIAL}]++(?: ++[^ {_SPECIAL}]++)*+"
+_PLAIN_RDN = rf"[A-Za-z][A-Za-z0-9-]*+={_PLAIN_VALUE}"
+_PLAIN_DN = re.compile(rf"{_PLAIN_RDN}(?:,{_PLAIN_RDN})*+")
 
 
 def dn_key(dn: str) -> str:
@@ -117,11 +120,8 @@ def server_of(dn: str) -> tuple[str, str] | None:
 
 def _server_of(dn: str, plain: bool) -> tuple[str, str] | None:
     if plain:  # the same answer as parse_dn's below, for less: every target asks
-        rdns = dn.split(",")
-        for index in range(1, len(rdns)):
-            if rdns[index].lower() == "cn=servers":
-                return rdns[index - 1].partition("=")[2], ",".join(rdns[index - 1 :])
-        return None
+        located = _plain_server_of(dn, dn.lower())
+        return located[:2] if located else None
     parts = parse_dn(dn)
     for index in range(1, len(parts)):
         if parts[index][0].lower() == "cn" and parts[index][1].lower() == "servers":
@@ -129,6 +129,18 @@ def _server_of(dn: str, plain: bool) -> tuple[str, str] | None:
             server_dn = ",".join(f"{a}={v}" for a, v, _ in parts[index - 1 :])
             return name, server_dn
     return None
+
+
+def _plain_server_of(dn: str, lowered: str) -> tuple[str, str, str] | None:
+    """``(server name, server DN, its key)`` for a DN that :data:`_PLAIN_DN` matches, whose only
+    commas separate RDNs (``lowered`` is ``dn.lower()``): string searches instead of a parse."""
+    at = lowered.find(",cn=servers,")
+    if at < 0:
+        if not lowered.endswith(",cn=servers"):
+            return None
+        at = len(lowered) - len(",cn=servers")
+    start = lowered.rfind(",", 0, at) + 1
+    return dn[start:at].partition("=")[2], dn[start:], lowered[start:]
 
 
 def _unescape(value: str) -> str:
@@ -303,13 +315,18 @@ class Directory:
         self, entry: dict, attrs: dict, kind: Kind, cache: OrderedDict[str, ServerInfo | None]
     ) -> Target:
         dn = entry["dn"]
-        plain = _PLAIN_DN.fullmatch(dn) is not None  # then dn_key is lower(), for it and its server
-        located = _server_of(dn, plain)
+        located: tuple[str, str, str] | None
+        if _PLAIN_DN.fullmatch(dn):  # the usual case: then a DN's key is its lower case
+            key = dn.lower()
+            located = _plain_server_of(dn, key)
+        else:
+            key = dn_key(dn)
+            found = _server_of(dn, False)
+            located = (*found, dn_key(found[1])) if found else None
         info: ServerInfo | None = None
         server_name = "(no server)"
         if located:
-            server_name, server_dn = located
-            skey = server_dn.lower() if plain else dn_key(server_dn)
+            server_name, server_dn, skey = located
             if skey in cache:
                 info = cache[skey]
                 cache.move_to_end(skey)
@@ -325,7 +342,7 @@ class Directory:
         return Target(
             kind=kind.key,
             dn=dn,
-            key=dn.lower() if plain else dn_key(dn),
+            key=key,
             name=str(name),
             server=server_name,
             raw_flags=raw_flags,

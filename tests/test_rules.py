@@ -123,3 +123,14 @@ def test_require_tls_only_where_the_connector_has_tls():
     assert require_tls_flags(RC, 4) is None  # no Tls bit: BasicAuthRequireTLS needs it
     assert require_tls_flags(RC, 13) is None  # already required
     assert require_tls_flags(VS, 7) is None  # not recorded on virtual servers
+
+
+def test_judging_the_same_text_twice_gives_the_same_answer_and_other_types_are_not_confused():
+    """Text values from the directory are judged once each; 1, True and "1" stay distinct."""
+    first = judge("smtp_virtual_server", ("7",))
+    assert judge("smtp_virtual_server", ("7",)) is first
+    assert judge("smtp_virtual_server", ["7"]) == first
+    assert judge("smtp_virtual_server", ("1",)).verdict == "ok"
+    assert judge("smtp_virtual_server", (True,)).verdict == "unknown"
+    assert judge("smtp_virtual_server", (1,)).verdict == "ok"
+    assert judge("smtp_virtual_server", ("7",), "sbs").verdict == "exempt"
