@@ -2,7 +2,8 @@
 
 - ``approve_fix`` / ``require_tls``: approver middleware, ack, then (lazily) record the approval
   and, once enough approvers agreed, run the controlled remediation job.
-- ``accept_risk``: approver middleware, then open the waiver modal (at once: its trigger expires).
+- ``accept_risk``: approver middleware, ack, then (lazily, at once: its trigger expires in 3 s)
+  open the waiver modal.
 - ``accept_risk_modal`` (view submission): approver middleware, validate, grant the waiver.
 - ``recheck``: anyone; re-read that one target and redraw the warning.
 
@@ -23,6 +24,7 @@ from bot.audit import Scope
 from handlers import blocks
 from handlers.approvers import Approvers, require_approver
 from handlers.blocks import ActionId
+from handlers.lazy import logged
 from handlers.replies import who
 from handlers.services import Services
 from storage import audits as audit_store
@@ -207,17 +209,19 @@ def register(app: App, services: Services) -> None:
         clicks.approve(body, context)
 
     for action in (ActionId.APPROVE_FIX, ActionId.REQUIRE_TLS):
-        app.action(action.value, middleware=[only_approvers])(ack=ack_now, lazy=[approve])
+        app.action(action.value, middleware=[only_approvers])(ack=ack_now, lazy=[logged(approve)])
 
-    @app.action(ActionId.ACCEPT_RISK.value, middleware=[only_approvers])
-    def accept_risk(ack: Ack, body: dict[str, Any]) -> None:
-        ack()
+    def open_waiver(body: dict[str, Any]) -> None:
         clicks.open_waiver(body)
+
+    app.action(ActionId.ACCEPT_RISK.value, middleware=[only_approvers])(
+        ack=ack_now, lazy=[logged(open_waiver)]
+    )
 
     def recheck(body: dict[str, Any]) -> None:
         clicks.recheck(body)
 
-    app.action(ActionId.RECHECK.value)(ack=ack_now, lazy=[recheck])
+    app.action(ActionId.RECHECK.value)(ack=ack_now, lazy=[logged(recheck)])
 
     def ack_waiver(ack: Ack, view: dict[str, Any]) -> None:
         reason, days = _waiver_input(view)
@@ -237,4 +241,6 @@ def register(app: App, services: Services) -> None:
         text, count = waivers.validate(reason, days)
         clicks.grant(body, context, text, count)
 
-    app.view(ActionId.WAIVER_MODAL.value, middleware=[only_approvers])(ack=ack_waiver, lazy=[grant])
+    app.view(ActionId.WAIVER_MODAL.value, middleware=[only_approvers])(
+        ack=ack_waiver, lazy=[logged(grant)]
+    )

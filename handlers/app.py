@@ -61,7 +61,10 @@ def build_app(services: Services, client: WebClient, socket_mode: bool = False) 
         signing_secret=secret,
         request_verification_enabled=not socket_mode,
         token_verification_enabled=True,
-        process_before_response=False,
+        # each listener's ack half runs in the request's own thread and the answer goes out as
+        # soon as it returns (no hand-off to a pool and no 10 ms polling for the ack); every
+        # listener keeps its ack half quick and leaves the slow work to its lazy half
+        process_before_response=True,
         logger=slack_logger,
     )
     for module in (commands, events, actions):

@@ -1,7 +1,7 @@
 """Mentions (``@authguard status EX01``), direct messages, and the App Home tab.
 
-Bolt acknowledges events before these run. Slack re-sends an event it thinks was lost, so each
-event id is handled once.
+Each event is acknowledged at once and handled in a lazy listener afterwards. Slack re-sends an
+event it thinks was lost, so each event id is handled once.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from slack_bolt import App, Say
+from slack_bolt import Ack, App, Say
 from slack_sdk import WebClient
 
 from bot.commands import parse
 from bot.summary import build_summary
 from handlers import blocks
+from handlers.lazy import logged
 from handlers.replies import audit_started_text, status_reply, summary_reply, who
 from handlers.services import Services
 from storage import chat as chat_store
@@ -51,9 +52,13 @@ def register(app: App, services: Services) -> None:
             )
         say(text=text, blocks=body_blocks, thread_ts=thread)
 
-    @app.event("app_mention")
+    def ack_event(ack: Ack) -> None:
+        ack()
+
     def on_mention(event: dict[str, Any], say: Say, body: dict[str, Any]) -> None:
         converse(event, say, body)
+
+    app.event("app_mention")(ack=ack_event, lazy=[logged(on_mention)])
 
     def is_direct_message(event: dict[str, Any]) -> bool:
         return (
@@ -62,18 +67,22 @@ def register(app: App, services: Services) -> None:
             and event.get("subtype") is None
         )
 
-    @app.event("message", matchers=[lambda event: is_direct_message(event)])
     def on_direct_message(event: dict[str, Any], say: Say, body: dict[str, Any]) -> None:
         converse(event, say, body)
+
+    app.event("message", matchers=[lambda event: is_direct_message(event)])(
+        ack=ack_event, lazy=[logged(on_direct_message)]
+    )
 
     @app.event("message")
     def ignore_other_messages() -> None:
         """Channel chatter, edits and the bot's own messages: nothing to do."""
 
-    @app.event("app_home_opened")
     def on_home(event: dict[str, Any], client: WebClient) -> None:
         if event.get("tab") not in (None, "home"):
             return
         client.views_publish(
             user_id=event["user"], view=blocks.home_view(build_summary(services.store))
         )
+
+    app.event("app_home_opened")(ack=ack_event, lazy=[logged(on_home)])

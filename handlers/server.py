@@ -48,11 +48,11 @@ class Router:
 class LazyPool(ThreadPoolExecutor):
     """The threads for Bolt's lazy listeners (the work after an ack), acks first.
 
-    Bolt runs each listener's ack function and its lazy half on one pool of five threads, so
-    under a burst of clicks an ack waits behind slow lazy work (re-reads, remediation jobs,
-    redraws) and Slack's 3 s can run out. Here lazy work has threads of its own, and a lazy
-    task starts once no request is being answered (at most ``max_wait`` seconds after it was
-    submitted), so the acks of a burst do not compete with the work they asked for.
+    Each ack is answered in its request's thread (``process_before_response``, see
+    :mod:`handlers.app`); the lazy halves run here. A lazy task starts once no request is being
+    answered (at most ``max_wait`` seconds after it was submitted), so under a burst of clicks
+    the acks do not compete for the interpreter with the work they asked for (re-reads,
+    remediation jobs, redraws) and Slack's 3 s never runs out.
     """
 
     def __init__(self, workers: int = 5, max_wait: float = 0.5) -> None:
@@ -100,8 +100,8 @@ def separate_lazy_work(app: App) -> LazyPool | None:
 def http_server(app: App, health: Health, host: str, port: int, threads: int = 64) -> Any:
     """A waitress server (not started: call ``.run()``; ``.close()`` stops it).
 
-    Bolt keeps a thread for at least 10 ms per request while it waits for the ack, so the
-    threads are many: with 16, a burst of 50 clicks was answered in four waves.
+    The threads are many so that a burst of clicks is read and answered in one wave: each
+    holds its thread only while its ack half runs.
     """
     from waitress.server import create_server
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import Any
 
 from storage.db import Store, dict_rows, now_iso
@@ -55,39 +56,32 @@ def start_run(
 def add_targets(store: Store, run_id: int, rows: Iterable[dict[str, Any]]) -> None:
     """Store checked targets of a run in one transaction (call it once per batch)."""
     stamp = now_iso()
+    encoded: dict[tuple, str] = {}  # raw flag values as JSON, once per distinct value
     records = []
     for row in rows:
         raw = row.get("raw_flags")
         if isinstance(raw, (list, tuple)):
-            raw = json.dumps([str(v) for v in raw])
-        records.append(
-            (
-                run_id,
-                row["target_key"],
-                row["server"],
-                row["kind"],
-                row.get("name"),
-                row["dn"],
-                row.get("flags"),
-                raw,
-                row.get("basic_auth"),
-                row.get("tls_required"),
-                row["verdict"],
-                row.get("reason"),
-                row.get("severity"),
-                row.get("version"),
-                row.get("fqdn"),
-                row.get("checked_at") or stamp,
-            )
-        )
+            raw = tuple(raw)
+            text = encoded.get(raw)
+            if text is None:
+                text = encoded[raw] = json.dumps([str(v) for v in raw])
+            raw = text
+        try:
+            values = _row_values(row)
+        except KeyError:  # a partial row (tests, older callers): missing columns are empty
+            values = tuple(row.get(name) for name in _ROW_COLUMNS)
+        records.append((run_id, *values, raw, row.get("checked_at") or stamp))
     # one prepared statement for the whole batch (sqlite-utils' insert_all costs more than
     # the rest of an audit's storage)
     with store.atomic() as conn:
         conn.executemany(_INSERT_TARGET, records)
 
 
+# the columns taken from a row as they are (raw_flags is encoded, checked_at defaults to now)
+_ROW_COLUMNS = tuple(c for c in TARGET_COLUMNS if c not in ("raw_flags", "checked_at"))
+_row_values = itemgetter(*_ROW_COLUMNS)
 _INSERT_TARGET = "INSERT INTO audit_targets (audit_id, {}) VALUES (?{})".format(
-    ", ".join(TARGET_COLUMNS), ", ?" * len(TARGET_COLUMNS)
+    ", ".join((*_ROW_COLUMNS, "raw_flags", "checked_at")), ", ?" * len(TARGET_COLUMNS)
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import pytest
@@ -84,6 +85,25 @@ def test_audit_from_chat_is_acknowledged_at_once_then_posted_in_channel(bot):
     result = bot.fake.wait_for("response_url:cmd", timeout=15)[-1].params
     assert result["response_type"] == "in_channel"
     assert "finished" in result["text"] and "warning" in result["text"]
+
+
+def test_a_mention_is_acknowledged_before_its_work_runs(bot):
+    """Slack re-sends an event that is not answered within 3 s: the HTTP 200 goes out first, and
+    the audit the mention asked for runs afterwards (here: held until the ack is back)."""
+    gate = threading.Event()
+    directory = bot.runtime.core.open_directory
+
+    def held_directory():
+        assert gate.wait(15), "the test never released the directory"
+        return directory()
+
+    bot.runtime.core.open_directory = held_directory
+    event = slackreq.app_mention_event("<@UBOT> audit", channel="C0HELD", ts="2.000001")
+    status, _ = bot.event(event)
+    assert status == 200  # answered while the audit waits for the directory
+    gate.set()
+    posts = posts_in(bot.fake, "C0HELD", count=2, timeout=15)
+    assert "finished" in posts[-1]["text"] and posts[-1]["thread_ts"] == "2.000001"
 
 
 def test_status_by_slash_command_is_ephemeral_with_decoded_flags(bot):
