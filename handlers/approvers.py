@@ -93,6 +93,13 @@ def _what(body: dict[str, Any]) -> str:
     return str((body.get("view") or {}).get("callback_id"))
 
 
+def _tell(client: WebClient, channel: str, user_id: str, message: str) -> None:
+    try:
+        client.chat_postEphemeral(channel=channel, user=user_id, text=message)
+    except (SlackApiError, SlackClientError, OSError) as exc:
+        log.warning("could not tell %s they are not an approver: %s", user_id, exc)
+
+
 def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
     """Listener middleware: only approvers pass; others are refused, told so, and logged."""
 
@@ -128,10 +135,10 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
             "channel_id"
         )
         if channel and user_id:
-            try:
-                client.chat_postEphemeral(channel=channel, user=user_id, text=message)
-            except (SlackApiError, SlackClientError, OSError) as exc:
-                log.warning("could not tell %s they are not an approver: %s", user_id, exc)
+            # told on a thread of its own: a slow or rate-limited Slack must not hold the ack
+            threading.Thread(
+                target=_tell, args=(client, channel, user_id, message), name="refusal", daemon=True
+            ).start()
         return BoltResponse(status=200, body="")  # acknowledged; the listener does not run
 
     return middleware

@@ -288,6 +288,21 @@ def test_a_waiver_beyond_365_days_is_refused_in_the_modal(bot):
     assert not bot.runtime.store.db["waivers"].count
 
 
+def test_a_refusal_is_acknowledged_before_slack_takes_the_notice(bot, directory):
+    """The notice to a non-approver goes out on its own thread: a rate-limited Slack (the
+    client waits Retry-After, then retries) does not hold the click's HTTP 200."""
+    audit(bot)
+    bot.fake.fail("chat.postEphemeral", status=429, retry_after=3)
+    status, _ = bot.click(
+        "approve_fix", value_of(bot, "EXA", "approve_fix"), user_id=STRANGER, user_name="mallory"
+    )
+    assert status == 200
+    assert bot.fake.count("chat.postEphemeral") <= 1  # the retry comes 3 s after the answer
+    wait_until(lambda: bot.fake.count("chat.postEphemeral") == 2, timeout=15, what="the retry")
+    assert ephemerals(bot, STRANGER) == ["You are not an approver for authguard."] * 2  # 429, 200
+    assert read_flags(directory, vserver_dn(EXA, 1)) == 7
+
+
 def test_a_stranger_cannot_waive(bot):
     audit(bot)
     status, text = bot.submit(
