@@ -143,6 +143,8 @@ class FakeSlack:
         self.users: dict[str, Any] = {}
         self.channels: dict[str, Any] = {}
         self.tokens: set[str] | None = None
+        # what apps.connections.open answers (Socket Mode): a tests.fakesocket.FakeSocketMode url
+        self.socket_url: str | None = None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._calls: list[Call] = []
@@ -317,6 +319,11 @@ class FakeSlack:
         return handler(call.params)
 
     # Web API methods --------------------------------------------------------
+    def _m_apps_connections_open(self, p: dict) -> dict:
+        if self.socket_url is None:
+            return {"ok": False, "error": "socket_mode_not_enabled"}
+        return {"ok": True, "url": self.socket_url}
+
     def _m_auth_test(self, p: dict) -> dict:
         return {
             "ok": True,
