@@ -91,8 +91,16 @@ def assert_no_secret(settings: dict[str, str], *outputs: str) -> None:
 
 def authguard(cwd: Path, settings: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run ``authguard ARGS`` with stdout and stderr piped; never a password in either."""
+    return run_checked_for_secrets([*COMMAND, *args], cwd, settings)
+
+
+def run_checked_for_secrets(
+    argv: list[str], cwd: Path, settings: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` with the settings, stdout and stderr piped; no password and no traceback in
+    either."""
     proc = subprocess.run(
-        [*COMMAND, *args],
+        argv,
         cwd=cwd,
         env=_process_env(settings),
         stdin=subprocess.DEVNULL,
@@ -328,16 +336,7 @@ def test_an_audit_of_an_up_to_date_database_does_not_import_sqlite_utils(
     settings = ldap_env(slapd, work / "a.db")
 
     def heavy_imports() -> str:
-        proc = subprocess.run(
-            [sys.executable, "-c", IMPORTS_PROBE],
-            cwd=work,
-            env=_process_env(settings),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        proc = run_checked_for_secrets([sys.executable, "-c", IMPORTS_PROBE], work, settings)
         assert proc.returncode == 1, proc.stderr  # findings, as in test_json_contract
         assert json.loads(proc.stdout)["audit"]["status"] == "succeeded"
         return proc.stderr.strip().splitlines()[-1]
