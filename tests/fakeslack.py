@@ -24,10 +24,13 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from tests.loopback import serve_in_thread
 
 __all__ = ["BOT_ID", "BOT_USER_ID", "TEAM_ID", "Call", "FakeSlack"]
 
@@ -153,7 +156,7 @@ class FakeSlack:
         self._ts_counter = itertools.count(1)
         self._view_counter = itertools.count(1)
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._stop: Callable[[], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> FakeSlack:
@@ -168,21 +171,13 @@ class FakeSlack:
         server = ThreadingHTTPServer((HOST, 0), _Handler)
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.name = f"FakeSlack:{server.server_address[1]}"
-        self._thread.start()
+        self._stop = serve_in_thread(server, f"FakeSlack:{server.server_address[1]}")
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        stop, self._stop, self._server = self._stop, None, None
+        if stop is not None:
+            stop()
 
     def __enter__(self) -> FakeSlack:
         return self.start()

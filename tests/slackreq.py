@@ -15,14 +15,16 @@ import hashlib
 import hmac
 import itertools
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from tests.loopback import serve_in_thread
 
 __all__ = [
     "FORM",
@@ -419,7 +421,7 @@ class BoltServer:
         self.path = path
         self._wsgi = SlackRequestHandler(app, path=path)
         self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._stop: Callable[[], None] | None = None
 
     def start(self) -> BoltServer:
         if self._server is None:
@@ -431,20 +433,13 @@ class BoltServer:
                 handler_class=_QuietHandler,
             )
             self._server = server
-            self._thread = threading.Thread(
-                target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-            )
-            self._thread.start()
+            self._stop = serve_in_thread(server, f"BoltServer:{server.server_address[1]}")
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        stop, self._stop, self._server = self._stop, None, None
+        if stop is not None:
+            stop()
 
     def __enter__(self) -> BoltServer:
         return self.start()

@@ -18,38 +18,21 @@ from slack_sdk.http_retry.builtin_interval_calculators import FixedValueRetryInt
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.webhook import WebhookClient
 
-try:
-    from tests.fakeslack import FakeSlack
-    from tests.slackreq import (
-        FORM,
-        BoltServer,
-        app_mention_event,
-        block_actions_body,
-        event_body,
-        post,
-        post_event,
-        post_form,
-        sign,
-        slash_command_body,
-        url_verification_body,
-        view_submission_body,
-    )
-except ImportError:  # tests/ not importable as a package
-    from fakeslack import FakeSlack
-    from slackreq import (
-        FORM,
-        BoltServer,
-        app_mention_event,
-        block_actions_body,
-        event_body,
-        post,
-        post_event,
-        post_form,
-        sign,
-        slash_command_body,
-        url_verification_body,
-        view_submission_body,
-    )
+from tests.fakeslack import FakeSlack
+from tests.slackreq import (
+    FORM,
+    BoltServer,
+    app_mention_event,
+    block_actions_body,
+    event_body,
+    post,
+    post_event,
+    post_form,
+    sign,
+    slash_command_body,
+    url_verification_body,
+    view_submission_body,
+)
 
 SECRET = "s3cret"
 
