@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from tests import slackreq
+from tests.children import die_with_parent
 from tests.fakeslack import FakeSlack
-from tests.slapd_server import SlapdServer, _die_with_parent
+from tests.slapd_server import SlapdServer
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = [sys.executable, "-m", "bot"]
@@ -112,7 +113,7 @@ class BotProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=_die_with_parent,  # never outlive the test run
+            preexec_fn=die_with_parent,  # never outlive the test run
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -15,11 +15,7 @@ only. The accounts and ACLs match the skeleton written by ``forest.forest_ldif``
 from __future__ import annotations
 
 import base64
-import contextlib
-import ctypes
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -30,6 +26,7 @@ from typing import Any
 
 import ldap3
 
+from tests.children import ChildProcess, find_tool, free_ports
 from tests.forest import BASE, RO_PASSWORD, SVC_PASSWORD, ServerSpec, ro_dn, svc_dn, write_forest
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
@@ -41,32 +38,10 @@ SIZE_LIMIT = 1000  # AD's default MaxPageSize
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/usr/sbin", "/usr/bin", "/sbin"):
-        if os.access(f"{d}/{name}", os.X_OK):
-            return f"{d}/{name}"
-    raise RuntimeError(f"{name} not found: install slapd, ldap-utils and openssl (scripts/test)")
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # Linux: slapd gets SIGTERM if the test process dies without calling stop().
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    found = find_tool(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install slapd, ldap-utils, openssl (scripts/test)")
+    return found
 
 
 def _q(value: object) -> str:
@@ -188,11 +163,12 @@ def parse_ldif(text: str) -> list[tuple[str, dict[str, list[str | bytes]]]]:
 # ---------------------------------------------------------------------------
 
 
-class SlapdServer:
+class SlapdServer(ChildProcess):
     """A private slapd on 127.0.0.1 with an AD-like Exchange test directory."""
 
     def __init__(self, workdir: Path, *, admin_password: str = "admin-secret") -> None:  # noqa: S107
         self.workdir = Path(workdir).resolve()
+        super().__init__(self.workdir / "slapd.log")
         self.base = BASE
         self.config_nc = "cn=Configuration," + BASE
         self.admin_dn = "cn=admin," + BASE
@@ -210,9 +186,6 @@ class SlapdServer:
         self.db_dir = self.workdir / "db"
         self.conf_file = self.workdir / "slapd.conf"
         self.rootdse_file = self.workdir / "rootdse.ldif"
-        self.log_file = self.workdir / "slapd.log"
-        self._proc: subprocess.Popen | None = None
-        self._log = None
 
     # -- addresses -----------------------------------------------------------
 
@@ -223,14 +196,6 @@ class SlapdServer:
     @property
     def ldaps_url(self) -> str:
         return f"ldaps://{self.host}:{self.ldaps_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     # -- configuration ---------------------------------------------------------
 
@@ -308,36 +273,29 @@ class SlapdServer:
         fixed_ports = self.ldap_port is not None
         for _attempt in range(1 if fixed_ports else 5):
             if not fixed_ports:
-                self.ldap_port, self.ldaps_port = _free_ports(2)
+                self.ldap_port, self.ldaps_port = free_ports(2)
             if self._spawn():
                 return
-        raise RuntimeError(f"slapd did not start; log:\n{self._read_log()}")
+        raise RuntimeError(f"slapd did not start; log:\n{self.read_log()}")
 
     def _spawn(self) -> bool:
         """Run slapd and wait until it answers. False if it exited (e.g. port taken)."""
-        self._log = self.log_file.open("ab")
-        self._proc = subprocess.Popen(
+        proc = self.popen(
             [
                 _tool("slapd"), "-d", "0", "-f", str(self.conf_file),
                 "-h", f"ldap://{self.host}:{self.ldap_port}/ ldaps://{self.host}:{self.ldaps_port}/",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            ]
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._reap()
+            if proc.poll() is not None:
+                self.reap()
                 return False
             if self._answers():
                 return True
             time.sleep(0.01)
         self.stop()
-        raise RuntimeError(
-            f"slapd did not answer within {START_TIMEOUT}s; log:\n{self._read_log()}"
-        )
+        raise RuntimeError(f"slapd did not answer within {START_TIMEOUT}s; log:\n{self.read_log()}")
 
     def _answers(self) -> bool:
         try:
@@ -357,32 +315,6 @@ class SlapdServer:
         finally:
             conn.unbind()
 
-    def _reap(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self._proc = None
-
-    def _read_log(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Stop slapd (SIGTERM, then SIGKILL after 10 s) and wait for it. Idempotent."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._reap()
-
     def restart(self) -> None:
         """Stop and start again on the same ports with the same DB (no reload)."""
         self.stop()
@@ -395,11 +327,6 @@ class SlapdServer:
 
     def __enter__(self) -> SlapdServer:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- clients ---------------------------------------------------------------
 
     def connection(
         self,

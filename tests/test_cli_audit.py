@@ -20,9 +20,10 @@ import pytest
 
 from storage import audits as audit_store
 from storage import open_store
+from tests.children import free_ports
 from tests.conftest import DEFAULT_SERVERS, EX2016_AG, EX2016_SERIAL
 from tests.forest import RO_PASSWORD, SVC_PASSWORD, ServerSpec
-from tests.slapd_server import SlapdServer, _free_ports, private_slapd
+from tests.slapd_server import SlapdServer, private_slapd
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).with_name("authguard")
@@ -535,7 +536,7 @@ def test_directory_down_is_a_failed_audit_and_recovers(fragile: SlapdServer, wor
 
 def test_nothing_listening_is_a_failed_audit(work: Path) -> None:
     """A port where nothing listens: exit 2, clear message, audit recorded as failed."""
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     env = {"AUTHGUARD_LDAP_URL": f"ldap://127.0.0.1:{port}", "AUTHGUARD_DB": str(work / "a.db")}
     proc = authguard(work, env, "audit")
     assert proc.returncode == 2

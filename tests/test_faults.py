@@ -30,9 +30,10 @@ from bot.directory import AUDIT_FILTER, SUBTREE, connect
 from storage import open_store
 from tests.botharness import CHANNEL, BotHarness
 from tests.botprocess import REPO, child_env, run_cli
+from tests.children import die_with_parent
 from tests.fakeslack import FakeSlack
 from tests.forest import ServerSpec, write_forest
-from tests.slapd_server import SlapdServer, _die_with_parent
+from tests.slapd_server import SlapdServer
 
 WARN = (
     ServerSpec("EXA", smtp_flags=[7]),  # fix: 7 -> 5
@@ -383,7 +384,7 @@ def test_a_database_locked_by_another_process_is_a_clear_error(tmp_path):
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"

@@ -24,11 +24,12 @@ import pytest
 from storage import open_store
 from storage.audit_log import verify_log
 from tests.botprocess import CHANNEL, REPO, BotProcess, child_env, serve_env
+from tests.children import die_with_parent
 from tests.fakeslack import FakeSlack
 from tests.forest import ServerSpec, vserver_dn, write_forest
 from tests.helpers import read_flags, rows, wait_until
 from tests.ldaprelay import LdapRelay
-from tests.slapd_server import SlapdServer, _die_with_parent
+from tests.slapd_server import SlapdServer
 
 SERVERS = (
     ServerSpec("EXA", smtp_flags=[7]),  # fix: 7 -> 5
@@ -208,7 +209,7 @@ def test_each_scheduled_firing_runs_once_across_two_processes(pair, fake):
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         for _ in range(2)
     ]

@@ -27,11 +27,8 @@ else on those ports.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -41,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import ldap3
+
+from tests.children import ChildProcess, find_tool
 
 HOST = "127.0.0.1"
 LDAP_PORT, LDAPS_PORT = 389, 636
@@ -301,13 +300,12 @@ class SambaError(RuntimeError):
 
 def tool(name: str) -> str:
     """Full path of a program, or a SambaError saying how to get it."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for directory in ("/usr/sbin", "/usr/bin", "/sbin"):
-        if os.access(f"{directory}/{name}", os.X_OK):
-            return f"{directory}/{name}"
-    raise SambaError(f"{name} not found: run scripts/test-samba (installs samba, samba-ad-dc, ...)")
+    found = find_tool(name)
+    if found is None:
+        raise SambaError(
+            f"{name} not found: run scripts/test-samba (installs samba, samba-ad-dc, ...)"
+        )
+    return found
 
 
 def available() -> str | None:
@@ -333,12 +331,6 @@ def ports_in_use(ports: tuple[int, ...] = (LDAP_PORT, LDAPS_PORT)) -> list[int]:
             except OSError:
                 taken.append(port)
     return taken
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    # Linux: samba gets SIGTERM if the test process dies without calling stop().
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _tool_env() -> dict[str, str]:
@@ -416,18 +408,18 @@ def make_tls(tls_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class SambaDC:
+class SambaDC(ChildProcess):
     """A private Samba AD DC on 127.0.0.1:389/636 holding :data:`ORGANIZATION`."""
 
     def __init__(self, workdir: Path | str) -> None:
         self.workdir = Path(workdir).resolve()
+        super().__init__(self.workdir / "samba.log")
         self.target = self.workdir / "dc"
         self.tls_dir = self.workdir / "tls"
         self.ca_file = self.tls_dir / "ca.pem"
         self.wrong_ca_file = self.tls_dir / "wrong-ca.pem"
         self.smb_conf = self.target / "etc" / "smb.conf"
         self.sam_ldb = self.target / "private" / "sam.ldb"
-        self.log_file = self.workdir / "samba.log"
         self.admin_dn = f"CN=Administrator,CN=Users,{BASE}"
         self.admin_password = ADMIN_PASSWORD
         self.svc_dn = f"CN={SVC_NAME},CN=Users,{BASE}"
@@ -435,20 +427,10 @@ class SambaDC:
         self.svc_sid: str | None = None
         self.base, self.config_nc, self.exchange_dn = BASE, CONFIG_NC, EXCHANGE_DN
         self.timings: dict[str, float] = {}
-        self._proc: subprocess.Popen | None = None
-        self._log = None
 
     # -- addresses ------------------------------------------------------------------------
     ldap_url = f"ldap://{HOST}:{LDAP_PORT}"
     ldaps_url = f"ldaps://{HOST}:{LDAPS_PORT}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
 
     def env(self, db: Path | str, **overrides: str) -> dict[str, str]:
         """Environment for the real ``authguard`` CLI: LDAPS as the service account."""
@@ -526,8 +508,7 @@ class SambaDC:
         """
         if self.running:
             raise SambaError(f"samba already running (pid {self.pid})")
-        self._log = self.log_file.open("ab")
-        self._proc = subprocess.Popen(
+        proc = self.popen(
             [
                 tool("samba"), "-i", "-M", "single", "-s", str(self.smb_conf),
                 "--option=server services=ldap",
@@ -536,17 +517,13 @@ class SambaDC:
                 f"--option=tls certfile={self.tls_dir / (certificate + '.pem')}",
                 f"--option=tls keyfile={self.tls_dir / (certificate + '.key')}",
             ],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
             env=_tool_env(),
-            preexec_fn=_die_with_parent,
         )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._reap()
+            if proc.poll() is not None:
+                code = proc.returncode
+                self.reap()
                 raise SambaError(f"samba exited ({code}); log:\n{self.read_log()}")
             if self._answers():
                 return
@@ -570,41 +547,13 @@ class SambaDC:
         finally:
             conn.unbind()
 
-    def stop(self) -> None:
-        """SIGTERM samba by its PID, SIGKILL after 10 s, and reap it. Idempotent."""
-        proc = self._proc
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            self._reap()
-
     def restart(self, certificate: str = "server") -> None:
         """Stop and start again on the same database, with ``certificate``."""
         self.stop()
         self.spawn(certificate)
 
-    def _reap(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self._proc = None
-
-    def read_log(self) -> str:
-        try:
-            return self.log_file.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
     def __enter__(self) -> SambaDC:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- clients --------------------------------------------------------------------------
     def tls(self, valid_names: list[str] | None = None) -> ldap3.Tls:
