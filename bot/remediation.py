@@ -771,7 +771,14 @@ def _claim(
             last_error=None,
         ):  # pragma: no cover - the IMMEDIATE transaction makes this impossible
             raise RuntimeError("lost the claim inside an IMMEDIATE transaction")
-        _log_started(db, job, request, actor, approvals, moment)
+        _log_started(
+            db,
+            job,
+            actor,
+            moment,
+            action=request["action"],
+            approved_by=[a.user_id for a in approvals],
+        )
         return job, rs.get_request(db, request["id"]) or request
 
 
@@ -797,13 +804,10 @@ def _insert_claimed_job(
 
 
 def _log_started(
-    db: Any,
-    job: dict[str, Any],
-    request: dict[str, Any],
-    actor: Actor,
-    approvals: tuple[Approval, ...],
-    moment: datetime,
+    db: Any, job: dict[str, Any], actor: Actor, moment: datetime, **detail: Any
 ) -> None:
+    """The ``job_started`` row of a fix or a rollback (``detail`` adds to kind, mode and the job
+    rolled back)."""
     log.append_in(
         db,
         "job_started",
@@ -813,12 +817,11 @@ def _log_started(
         before=job["before"],
         after=job["after"],
         job_id=job["id"],
-        request_id=request["id"],
+        request_id=job["request_id"],
         detail={
             "kind": job["kind"],
             "mode": job["mode"],
-            "action": request["action"],
-            "approved_by": [a.user_id for a in approvals],
+            **detail,
             "rolls_back_job_id": job.get("rolls_back_job_id"),
         },
         at=moment,
@@ -1259,19 +1262,7 @@ def _claim_rollback(
             after=original["before"],
             rolls_back_job_id=original["id"],
         )
-        log.append_in(
-            db,
-            "job_started",
-            user_id=actor.user_id,
-            user_name=actor.user_name,
-            target_dn=job["dn"],
-            before=job["before"],
-            after=job["after"],
-            job_id=job["id"],
-            request_id=job["request_id"],
-            detail={"kind": "rollback", "mode": job["mode"], "rolls_back_job_id": original["id"]},
-            at=moment,
-        )
+        _log_started(db, job, actor, moment)
         return job, request
 
 
