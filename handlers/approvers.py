@@ -2,7 +2,8 @@
 
 The check is Bolt listener middleware on every approval action and on waivers: a click from
 anyone else changes nothing, gets an ephemeral "you are not an approver for authguard", and is
-written to the audit log.
+written to the audit log. A click whose user group lookup Slack did not answer is refused the
+same way, with a message saying the check could not be made.
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ from storage import remediation as rs
 log = logging.getLogger(__name__)
 
 GROUP_CACHE_SECONDS = 120.0
+# a group lookup runs before the click is acknowledged: it may take this long, once, no retries
+GROUP_LOOKUP_TIMEOUT = 2
 NOT_APPROVER = "You are not an approver for authguard."
+CANNOT_CHECK = (
+    "authguard could not check with Slack whether you are an approver (its user group lookup "
+    "failed), so nothing was changed. Try again in a minute."
+)
 NO_APPROVERS = (
     "Nobody can approve authguard fixes or waivers yet: no approvers are configured. "
     "An admin sets AUTHGUARD_APPROVERS to Slack user ids (U..., W...) or user group ids (S...)."
@@ -33,14 +40,24 @@ NO_APPROVERS = (
 
 
 class Approvers:
-    """Decides whether a Slack user may approve, resolving user groups (cached briefly)."""
+    """Decides whether a Slack user may approve, resolving user groups (cached briefly).
+
+    The decision is made before the click is acknowledged, so a group lookup gets one try of at
+    most :data:`GROUP_LOOKUP_TIMEOUT` seconds (no waiting out a rate limit); a lookup that fails
+    leaves the answer unknown (``None``), which refuses the click with :data:`CANNOT_CHECK`.
+    """
 
     def __init__(
         self, settings: Settings, client: WebClient, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.users = {a for a in settings.approvers if a[0] in "UW"}
         self.groups = [a for a in settings.approvers if a[0] == "S"]
-        self.client = client
+        self.client = WebClient(
+            token=client.token,
+            base_url=client.base_url,
+            timeout=GROUP_LOOKUP_TIMEOUT,
+            retry_handlers=[],
+        )
         self.clock = clock
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
@@ -49,8 +66,8 @@ class Approvers:
     def configured(self) -> bool:
         return bool(self.users or self.groups)
 
-    def members(self, group: str) -> frozenset[str]:
-        """The users of a user group; a failed lookup counts as nobody (fail closed)."""
+    def members(self, group: str) -> frozenset[str] | None:
+        """The users of a user group, or ``None`` when Slack did not say (not cached)."""
         now = self.clock()
         with self._lock:
             cached = self._cache.get(group)
@@ -60,17 +77,26 @@ class Approvers:
             users = frozenset(self.client.usergroups_users_list(usergroup=group)["users"])
         except (SlackApiError, SlackClientError, OSError, KeyError) as exc:
             log.warning("cannot read the members of user group %s: %s", group, exc)
-            return frozenset()
+            return None
         with self._lock:
             self._cache[group] = (now, users)
         return users
 
-    def allows(self, user_id: str | None) -> bool:
+    def allows(self, user_id: str | None) -> bool | None:
+        """True: an approver; False: not one; None: a user group could not be read (fail
+        closed: the caller refuses)."""
         if not user_id:
             return False
         if user_id in self.users:
             return True
-        return any(user_id in self.members(group) for group in self.groups)
+        unknown = False
+        for group in self.groups:
+            members = self.members(group)
+            if members is None:
+                unknown = True
+            elif user_id in members:
+                return True
+        return None if unknown else False
 
 
 def _user(body: dict[str, Any]) -> tuple[str | None, str | None]:
@@ -107,11 +133,15 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
         body: dict[str, Any], context: BoltContext, client: WebClient, next: Callable
     ) -> BoltResponse | None:
         user_id, user_name = _user(body)
-        if approvers.configured and approvers.allows(user_id):
+        allowed = approvers.allows(user_id) if approvers.configured else False
+        if allowed:
             context["approver"] = (user_id, user_name)
             next()
             return None
-        message = NOT_APPROVER if approvers.configured else NO_APPROVERS
+        if not approvers.configured:
+            message = NO_APPROVERS
+        else:
+            message = NOT_APPROVER if allowed is False else CANNOT_CHECK
         request_id = _request_id(body)
         request = rs.get_request(store, request_id) if request_id else None
         audit_log.log_denial(

@@ -160,6 +160,24 @@ def test_a_user_group_member_may_approve(bot, directory):
     assert bot.fake.count("usergroups.users.list") >= 1
 
 
+def test_a_failed_group_lookup_refuses_at_once_and_says_why(bot, directory):
+    """Membership is checked before the ack: one short try, no waiting out a rate limit. An
+    unanswered lookup refuses (fail closed) with its own words, not "not an approver"."""
+    audit(bot)
+    value = value_of(bot, "EXA", "approve_fix")
+    bot.fake.fail("usergroups.users.list", status=429, retry_after=30)
+    status, _ = bot.click("approve_fix", value, user_id=GROUP_MEMBER, user_name="carol")
+    assert status == 200
+    assert bot.fake.count("usergroups.users.list") == 1  # answered without a retry
+    text = wait_until(lambda: ephemerals(bot, GROUP_MEMBER))[0]
+    assert text.startswith("authguard could not check with Slack whether you are an approver")
+    assert read_flags(directory, vserver_dn(EXA, 1)) == 7
+    denial = [r for r in bot.runtime.store.db["audit_log"].rows if r["event"] == "denial"]
+    assert denial[-1]["user_id"] == GROUP_MEMBER
+    bot.click("approve_fix", value, user_id=GROUP_MEMBER, user_name="carol")  # Slack is back
+    wait_until(lambda: read_flags(directory, vserver_dn(EXA, 1)) == 5)
+
+
 def test_nobody_may_approve_when_no_approvers_are_configured(tmp_path, directory):
     with start_bot(tmp_path, directory, approvers=()) as bot:
         audit(bot)
