@@ -18,9 +18,9 @@ import pytest
 
 from tests import slackreq
 from tests.botharness import CHANNEL, SIGNING_SECRET, BotHarness
-from tests.forest import ServerSpec, connector_dn, vserver_dn, write_forest
+from tests.forest import ServerSpec, connector_dn, vserver_dn
 from tests.helpers import wait_until
-from tests.slapd_server import SlapdServer
+from tests.slapd_server import SlapdServer, private_slapd
 
 EXA = ServerSpec("EXA", smtp_flags=[7])  # fix: 7 -> 5
 EXC = ServerSpec("EXC", smtp_flags=[6])  # fix: 6 -> 4
@@ -42,12 +42,7 @@ APPROVER = "U1"
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    work = tmp_path_factory.mktemp("abuse-slapd")
-    ldif = work / "forest.ldif"
-    write_forest(ldif, (EXA, EXB, EXC))
-    with SlapdServer(work / "server") as server:
-        server.start([ldif])
-        server.forest = ldif
+    with private_slapd(tmp_path_factory, "abuse-slapd", (EXA, EXB, EXC)) as server:
         yield server
 
 

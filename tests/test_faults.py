@@ -32,8 +32,8 @@ from tests.botharness import CHANNEL, BotHarness
 from tests.botprocess import REPO, child_env, run_cli
 from tests.children import die_with_parent
 from tests.fakeslack import FakeSlack
-from tests.forest import ServerSpec, write_forest
-from tests.slapd_server import SlapdServer
+from tests.forest import ServerSpec
+from tests.slapd_server import SlapdServer, private_slapd
 
 WARN = (
     ServerSpec("EXA", smtp_flags=[7]),  # fix: 7 -> 5
@@ -47,12 +47,7 @@ CLEAN = tuple(ServerSpec(f"OK{n:04d}", smtp_flags=[1], computer=False) for n in 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
     """A private slapd with three warning servers among 600 clean ones (about 1,200 entries)."""
-    work = tmp_path_factory.mktemp("faults-slapd")
-    ldif = work / "forest.ldif"
-    write_forest(ldif, WARN + CLEAN)
-    with SlapdServer(work / "server") as server:
-        server.start([ldif])
-        server.forest = ldif
+    with private_slapd(tmp_path_factory, "faults-slapd", WARN + CLEAN) as server:
         yield server
 
 

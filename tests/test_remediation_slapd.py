@@ -51,8 +51,8 @@ from storage import open_store
 from storage import remediation as rs
 from storage.audit_log import verify_log
 from storage.audits import current_targets
-from tests.forest import ServerSpec, connector_dn, vserver_dn, write_forest
-from tests.slapd_server import SlapdServer
+from tests.forest import ServerSpec, connector_dn, vserver_dn
+from tests.slapd_server import private_slapd
 
 EX16_AG = "Exchange Administrative Group (FYDIBOHF23SPDLT)"
 SERVERS = (
@@ -86,11 +86,7 @@ class SimulatedCrash(BaseException):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("remediation-slapd")
-    ldif = workdir / "forest.ldif"
-    write_forest(ldif, SERVERS)
-    with SlapdServer(workdir / "server") as slapd:
-        slapd.start([ldif])
+    with private_slapd(tmp_path_factory, "remediation-slapd", SERVERS) as slapd:
         yield slapd
 
 

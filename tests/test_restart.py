@@ -19,10 +19,10 @@ from storage import open_store
 from storage.audit_log import verify_log
 from tests.botprocess import CHANNEL, BotProcess, serve_env
 from tests.fakeslack import FakeSlack
-from tests.forest import ServerSpec, vserver_dn, write_forest
+from tests.forest import ServerSpec, vserver_dn
 from tests.helpers import rows, wait_until
 from tests.ldaprelay import LdapRelay
-from tests.slapd_server import SlapdServer
+from tests.slapd_server import SlapdServer, private_slapd
 
 EXA = ServerSpec("EXA", smtp_flags=[7])  # fix: 7 -> 5
 EXB = ServerSpec("EXB", smtp_flags=[6])  # untouched
@@ -31,11 +31,7 @@ SMTP = "msExchAuthenticationFlags"
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    work = tmp_path_factory.mktemp("restart-slapd")
-    ldif = work / "forest.ldif"
-    write_forest(ldif, (EXA, EXB))
-    with SlapdServer(work / "server") as server:
-        server.start([ldif])
+    with private_slapd(tmp_path_factory, "restart-slapd", (EXA, EXB)) as server:
         yield server
 
 

@@ -26,9 +26,9 @@ from tests import slackreq
 from tests.botharness import BOT_TOKEN, SIGNING_SECRET, BotHarness
 from tests.botprocess import BotProcess, run_cli, serve_env
 from tests.fakeslack import FakeSlack
-from tests.forest import ServerSpec, write_forest
+from tests.forest import ServerSpec
 from tests.helpers import wait_until
-from tests.slapd_server import SlapdServer
+from tests.slapd_server import SlapdServer, private_slapd
 
 WRONG_PASSWORD = "Wr0ng-LDAP-pa55word-9f2c"
 LOGGERS = ("", "slack_sdk", "slack_bolt", "ldap3", "waitress", "apscheduler", "urllib3")
@@ -36,11 +36,8 @@ LOGGERS = ("", "slack_sdk", "slack_bolt", "ldap3", "waitress", "apscheduler", "u
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    work = tmp_path_factory.mktemp("secrets-slapd")
-    ldif = work / "forest.ldif"
-    write_forest(ldif, (ServerSpec("EXA", smtp_flags=[7]), ServerSpec("EXB", smtp_flags=[6])))
-    with SlapdServer(work / "server") as server:
-        server.start([ldif])
+    servers = (ServerSpec("EXA", smtp_flags=[7]), ServerSpec("EXB", smtp_flags=[6]))
+    with private_slapd(tmp_path_factory, "secrets-slapd", servers) as server:
         yield server
 
 

@@ -26,7 +26,7 @@ from tests.forest import (
     vserver_dn,
     write_forest,
 )
-from tests.slapd_server import SlapdServer
+from tests.slapd_server import SlapdServer, private_slapd
 
 FLAGS = "msExchAuthenticationFlags"
 RC_FLAGS = "msExchSMTPReceiveInboundSecurityFlag"
@@ -65,13 +65,8 @@ SCRATCH_SPECS = _bulk_specs()
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory):
     """This module's own writable directory: the bulk forest plus odd names."""
-    workdir = tmp_path_factory.mktemp("scratch-slapd")
-    ldif = workdir / "bulk.ldif"
-    write_forest(ldif, SCRATCH_SPECS)
-    server = SlapdServer(workdir / "server")
-    server.start([ldif])
-    yield server
-    server.stop()
+    with private_slapd(tmp_path_factory, "scratch-slapd", SCRATCH_SPECS) as server:
+        yield server
 
 
 def _tls(ca_file: Path) -> ldap3.Tls:

@@ -26,10 +26,10 @@ from storage.audit_log import verify_log
 from tests.botprocess import CHANNEL, REPO, BotProcess, child_env, serve_env
 from tests.children import die_with_parent
 from tests.fakeslack import FakeSlack
-from tests.forest import ServerSpec, vserver_dn, write_forest
+from tests.forest import ServerSpec, vserver_dn
 from tests.helpers import read_flags, rows, wait_until
 from tests.ldaprelay import LdapRelay
-from tests.slapd_server import SlapdServer
+from tests.slapd_server import private_slapd
 
 SERVERS = (
     ServerSpec("EXA", smtp_flags=[7]),  # fix: 7 -> 5
@@ -57,12 +57,7 @@ print("done", flush=True)
 
 @pytest.fixture(scope="module")
 def directory(tmp_path_factory):
-    work = tmp_path_factory.mktemp("two-processes-slapd")
-    ldif = work / "forest.ldif"
-    write_forest(ldif, SERVERS)
-    with SlapdServer(work / "server") as server:
-        server.start([ldif])
-        server.forest = ldif
+    with private_slapd(tmp_path_factory, "two-processes-slapd", SERVERS) as server:
         yield server
 
 
