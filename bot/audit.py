@@ -60,13 +60,34 @@ class NoSuchServer(Exception):
     """No Exchange server has that name in the directory."""
 
 
-def exempt_reason(settings: Settings, target: Target, sbs_hosts: frozenset[str]) -> str | None:
-    """``"configured"``, ``"sbs"`` or ``None`` for the server a target sits on."""
+def exempt_reason(settings: Settings, target: Target, is_sbs: Callable[[str], bool]) -> str | None:
+    """``"configured"``, ``"sbs"`` or ``None`` for the server a target sits on (``is_sbs`` tells
+    whether a host name runs Small Business Server: see :func:`sbs_test`)."""
     if settings.is_exempt(target.server):
         return "configured"
-    if target.fqdn and target.fqdn in sbs_hosts:
+    if target.fqdn and is_sbs(target.fqdn):
         return "sbs"
     return None
+
+
+def sbs_test(directory: Directory, scope: Scope) -> Callable[[str], bool]:
+    """Whether a server's host (lower-case FQDN) runs Small Business Server.
+
+    A full audit reads every SBS computer of the domain in one search; a narrower run (a
+    recheck, ``status --live``) asks only for the computers of the servers it meets, once each,
+    instead of searching the whole domain.
+    """
+    if scope.kind == "full":
+        return directory.sbs_hostnames().__contains__
+    answers: dict[str, bool] = {}
+
+    def is_sbs(fqdn: str) -> bool:
+        if fqdn not in answers:
+            system = directory.operating_system(fqdn) or ""
+            answers[fqdn] = "small business server" in system.lower()
+        return answers[fqdn]
+
+    return is_sbs
 
 
 def target_row(target: Target, exempt: str | None) -> dict[str, Any]:
@@ -153,10 +174,10 @@ def run_audit(
         override = waiver_override(store)
     try:
         with _collector_paused(), open_directory() as directory:
-            sbs = directory.sbs_hostnames()
+            is_sbs = sbs_test(directory, scope)
             batch: list[dict[str, Any]] = []
             for target in _targets(directory, scope):
-                row = target_row(target, exempt_reason(settings, target, sbs))
+                row = target_row(target, exempt_reason(settings, target, is_sbs))
                 replaced = override(row)
                 if replaced is not None:
                     row["verdict"], row["reason"] = replaced

@@ -379,6 +379,35 @@ def test_sbs_on_the_default_forest(slapd: SlapdServer) -> None:
         assert directory.operating_system("ex2003-08.corp.example") is None
 
 
+def test_a_narrow_check_finds_sbs_without_searching_the_whole_domain(
+    slapd: SlapdServer, store: Store
+) -> None:
+    """A check of one server (a recheck, ``status --live``) asks for that server's computer
+    only; the verdicts are those of a full audit."""
+    settings = settings_for(slapd)
+    opened: list[Directory] = []
+
+    def counted() -> Directory:
+        directory = connect(settings)
+        searched = directory.sbs_hostnames
+
+        def sbs_hostnames() -> frozenset[str]:
+            opened.append(directory)
+            return searched()
+
+        directory.sbs_hostnames = sbs_hostnames  # type: ignore[method-assign]
+        return directory
+
+    for name, verdict, reason in (("SBS01", "exempt", "sbs"), ("EX2003-05", "warning", None)):
+        run = run_audit(settings, store, counted, trigger="cli", scope=Scope("server", name))
+        [row] = audit_store.iter_run_targets(store, run["id"])
+        assert row["verdict"] == verdict
+        assert reason is None or row["reason"] == reason
+    assert opened == []  # no domain-wide search for either
+    run_audit(settings, store, counted, trigger="cli")
+    assert len(opened) == 1  # a full audit makes it once
+
+
 def test_configured_exemptions_are_case_insensitive(slapd: SlapdServer, store: Store) -> None:
     """AUTHGUARD_EXEMPT_SERVERS exempts the listed servers, whatever the case; others keep
     their verdict."""
