@@ -2,8 +2,8 @@
 
 - ``approve_fix`` / ``require_tls``: approver middleware, ack, then (lazily) record the approval
   and, once enough approvers agreed, run the controlled remediation job.
-- ``accept_risk``: approver middleware, ack, then (lazily, at once: its trigger expires in 3 s)
-  open the waiver modal.
+- ``accept_risk``: approver middleware, then open the waiver modal in the ack half (its trigger
+  expires in 3 s; a quick client, one short try) and ack.
 - ``accept_risk_modal`` (view submission): approver middleware, validate, grant the waiver.
 - ``recheck``: anyone; re-read that one target and redraw the warning.
 
@@ -24,6 +24,7 @@ from bot.audit import Scope
 from handlers import blocks
 from handlers.approvers import Approvers, require_approver
 from handlers.blocks import ActionId
+from handlers.clients import quick_client
 from handlers.lazy import logged
 from handlers.replies import who
 from handlers.services import Services
@@ -63,6 +64,7 @@ class Clicks:
     def __init__(self, services: Services, client: WebClient) -> None:
         self.services = services
         self.client = client
+        self.quick = quick_client(client)  # for calls before the ack
 
     # -- replies ---------------------------------------------------------------------------
     def tell(self, body: dict[str, Any], text: str, blocks_: list | None = None) -> None:
@@ -146,12 +148,16 @@ class Clicks:
 
     # -- waivers and rechecks --------------------------------------------------------------
     def open_waiver(self, body: dict[str, Any]) -> None:
+        """Before the ack: the trigger expires in 3 s, so one short try (a quick client)."""
         request = rs.get_request(self.services.store, _value(body))
         if request is None:
             self.tell(body, STALE_BUTTON)
             return
         view = blocks.waiver_modal(request["id"], request["server"], request["name"])
-        self.client.views_open(trigger_id=body["trigger_id"], view=view)
+        try:
+            self.quick.views_open(trigger_id=body["trigger_id"], view=view)
+        except (SlackApiError, SlackClientError, OSError) as exc:
+            log.warning("could not open the waiver modal: %s", exc)
 
     def grant(self, body: dict[str, Any], context: BoltContext, reason: str, days: int) -> None:
         settings, store = self.services.settings, self.services.store
@@ -211,12 +217,10 @@ def register(app: App, services: Services) -> None:
     for action in (ActionId.APPROVE_FIX, ActionId.REQUIRE_TLS):
         app.action(action.value, middleware=[only_approvers])(ack=ack_now, lazy=[logged(approve)])
 
-    def open_waiver(body: dict[str, Any]) -> None:
+    @app.action(ActionId.ACCEPT_RISK.value, middleware=[only_approvers])
+    def accept_risk(ack: Ack, body: dict[str, Any]) -> None:
         clicks.open_waiver(body)
-
-    app.action(ActionId.ACCEPT_RISK.value, middleware=[only_approvers])(
-        ack=ack_now, lazy=[logged(open_waiver)]
-    )
+        ack()
 
     def recheck(body: dict[str, Any]) -> None:
         clicks.recheck(body)

@@ -10,33 +10,12 @@ import logging
 from slack_bolt import App
 from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import (
-    ConnectionErrorRetryHandler,
-    RateLimitErrorRetryHandler,
-    ServerErrorRetryHandler,
-)
 
-from bot.config import Settings
 from handlers import actions, commands, events
+from handlers.lazy import LazyPool
 from handlers.services import Services
 
 log = logging.getLogger(__name__)
-
-
-def make_client(settings: Settings) -> WebClient:
-    """A Web API client for ``AUTHGUARD_SLACK_API_URL`` that retries 429 (after ``Retry-After``),
-    5xx answers and broken connections with slack_sdk's own retry handlers."""
-    settings.require("slack_bot_token")
-    return WebClient(
-        token=settings.slack_bot_token.get() if settings.slack_bot_token else None,
-        base_url=settings.slack_api_url,
-        timeout=30,
-        retry_handlers=[
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            RateLimitErrorRetryHandler(max_retry_count=5),
-            ServerErrorRetryHandler(max_retry_count=2),
-        ],
-    )
 
 
 class _TokenFromEnvironmentIsExpected(logging.Filter):
@@ -65,6 +44,8 @@ def build_app(services: Services, client: WebClient, socket_mode: bool = False) 
         # soon as it returns (no hand-off to a pool and no 10 ms polling for the ack); every
         # listener keeps its ack half quick and leaves the slow work to its lazy half
         process_before_response=True,
+        # with process_before_response, Bolt's executor runs only the lazy halves: acks first
+        listener_executor=LazyPool(),
         logger=slack_logger,
     )
     for module in (commands, events, actions):

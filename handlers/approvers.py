@@ -20,14 +20,13 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.config import Settings
+from handlers.clients import quick_client
 from storage import Store, audit_log
 from storage import remediation as rs
 
 log = logging.getLogger(__name__)
 
 GROUP_CACHE_SECONDS = 120.0
-# a group lookup runs before the click is acknowledged: it may take this long, once, no retries
-GROUP_LOOKUP_TIMEOUT = 2
 NOT_APPROVER = "You are not an approver for authguard."
 CANNOT_CHECK = (
     "authguard could not check with Slack whether you are an approver (its user group lookup "
@@ -42,9 +41,10 @@ NO_APPROVERS = (
 class Approvers:
     """Decides whether a Slack user may approve, resolving user groups (cached briefly).
 
-    The decision is made before the click is acknowledged, so a group lookup gets one try of at
-    most :data:`GROUP_LOOKUP_TIMEOUT` seconds (no waiting out a rate limit); a lookup that fails
-    leaves the answer unknown (``None``), which refuses the click with :data:`CANNOT_CHECK`.
+    The decision is made before the click is acknowledged, so a group lookup goes through a
+    :func:`~handlers.clients.quick_client` (one short try, no waiting out a rate limit); a
+    lookup that fails leaves the answer unknown (``None``), which refuses the click with
+    :data:`CANNOT_CHECK`.
     """
 
     def __init__(
@@ -52,12 +52,7 @@ class Approvers:
     ) -> None:
         self.users = {a for a in settings.approvers if a[0] in "UW"}
         self.groups = [a for a in settings.approvers if a[0] == "S"]
-        self.client = WebClient(
-            token=client.token,
-            base_url=client.base_url,
-            timeout=GROUP_LOOKUP_TIMEOUT,
-            retry_handlers=[],
-        )
+        self.client = quick_client(client)
         self.clock = clock
         self._cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()

@@ -1,13 +1,13 @@
 """The ``/authguard`` slash command: ``status SERVER``, ``audit``, ``summary``, ``help``.
 
-The ack answers at once (help and refusals right in it); anything that reads the database or the
-directory runs afterwards in a lazy listener and answers through the command's response URL.
+The ack answers at once (help right in it, and "audit started" for an audit); anything that reads
+the database or the directory runs afterwards in a lazy listener (Bolt starts it once the ack has
+returned) and answers through the command's response URL.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from slack_bolt import Ack, App, Respond
@@ -21,40 +21,14 @@ log = logging.getLogger(__name__)
 COMMAND = "/authguard"
 
 
-class AckedFirst:
-    """Bolt may start the lazy half while the ack still runs; an audit request's lazy half waits
-    until its ack has said "started" or "already running", so the ack never sees its own run."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def _event(self, key: str) -> threading.Event:
-        with self._lock:
-            return self._events.setdefault(key, threading.Event())
-
-    def done(self, key: str) -> None:
-        self._event(key).set()
-
-    def wait(self, key: str, timeout: float = 2.5) -> None:
-        self._event(key).wait(timeout)
-        with self._lock:
-            self._events.pop(key, None)
-
-
 def register(app: App, services: Services) -> None:
-    acked = AckedFirst()
-
     def ack_command(ack: Ack, command: dict[str, Any]) -> None:
         parsed = parse(command.get("text"))
         if parsed.name == "help":
             text, body = blocks.help_message(parsed.problem)
             ack(text=text, blocks=body)
         elif parsed.name == "audit":
-            try:
-                ack(text=audit_started_text(services))
-            finally:
-                acked.done(command.get("trigger_id") or "")
+            ack(text=audit_started_text(services))
         else:
             ack()
 
@@ -69,7 +43,6 @@ def register(app: App, services: Services) -> None:
                 text, body = summary_reply(services)
                 respond(text=text, blocks=body, response_type="in_channel")
             elif parsed.name == "audit":
-                acked.wait(command.get("trigger_id") or "")
                 outcome = services.core.audit(trigger="chat", requested_by=asked_by)
                 text, body = blocks.audit_result_message(outcome.run, outcome.joined)
                 respond(text=text, blocks=body, response_type="in_channel")

@@ -19,7 +19,8 @@ from bot.scheduler import build_scheduler
 from bot.service import Authguard
 from bot.summary import build_summary
 from handlers import blocks
-from handlers.app import build_app, make_client
+from handlers.app import build_app
+from handlers.clients import make_client
 from handlers.notifier import Notifier, Pacer
 from handlers.offers import Offers
 from handlers.server import http_server, socket_mode_handler
