@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import Any
 
-from storage.db import Store, dict_rows, now_iso
+from storage.db import Store, dict_rows, iter_dicts, now_iso
 
 FULL = "full"
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
@@ -128,14 +128,18 @@ def recent_runs(store: Store, limit: int = 20) -> list[dict]:
     return list(store.db["audit_runs"].rows_where(order_by="id desc", limit=limit))
 
 
+# a run's targets as reports show them
+_TARGET_ORDER = "order by server collate nocase, kind, dn"
+
+
 def iter_run_targets(store: Store, run_id: int) -> Iterator[dict]:
-    """The targets a run checked, in server then DN order, one row at a time."""
-    yield from store.db["audit_targets"].rows_where(
-        "audit_id = ?", [run_id], order_by="server collate nocase, kind, dn"
-    )
+    """The targets a run checked, in server then DN order, one row at a time (plain SQL: the
+    audit command's table reads it)."""
+    sql = f"select * from audit_targets where audit_id = ? {_TARGET_ORDER}"
+    yield from iter_dicts(store.conn.execute(sql, [run_id]))
 
 
-_TARGET_JSON = """
+_TARGET_JSON = f"""
     select json_object(
         'server', server, 'kind', kind, 'name', name, 'dn', dn, 'flags', flags,
         'basic_auth', case when basic_auth is null then null
@@ -144,7 +148,7 @@ _TARGET_JSON = """
                              when tls_required then json('true') else json('false') end,
         'verdict', verdict, 'reason', reason, 'version', version, 'severity', severity,
         'checked_at', checked_at)
-    from audit_targets where audit_id = ? order by server collate nocase, kind, dn
+    from audit_targets where audit_id = ? {_TARGET_ORDER}
 """
 
 

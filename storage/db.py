@@ -340,14 +340,21 @@ def _wrap(conn: sqlite3.Connection) -> Database:
     return Database(conn, execute_plugins=False)
 
 
+def iter_dicts(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
+    """The rows of an executed query as dicts by column name, one at a time (plain ``sqlite3``,
+    no sqlite-utils)."""
+    names = [column[0] for column in cursor.description]
+    for row in cursor:
+        yield dict(zip(names, row, strict=True))
+
+
 def dict_rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    """The rows of an executed query as dicts by column name (plain ``sqlite3``, no sqlite-utils).
+    """All the rows of :func:`iter_dicts`.
 
     >>> dict_rows(store.conn.execute("select 1 as one"))  # doctest: +SKIP
     [{'one': 1}]
     """
-    names = [column[0] for column in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
+    return list(iter_dicts(cursor))
 
 
 def explain(exc: sqlite3.Error, path: str) -> str:
