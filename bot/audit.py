@@ -23,7 +23,7 @@ from bot.config import ConfigError, Settings
 from bot.directory import Directory, DirectoryError, Target
 from bot.rules import judge
 from bot.waivers import waiver_override
-from storage import StorageError, Store, audit_log
+from storage import StorageError, Store
 from storage import audits as audit_store
 
 BATCH = 500
@@ -166,9 +166,7 @@ def run_audit(
     counts: Counter[str] = Counter()
 
     def finish(status: str, error: str | None = None) -> dict[str, Any]:
-        run = audit_store.finish_run(store, run_id, status, error=error, counts=counts)
-        audit_log.log_audit_run(store, run)
-        return run
+        return audit_store.finish_run(store, run_id, status, error=error, counts=counts)
 
     if override is None:
         override = waiver_override(store)

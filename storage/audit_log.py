@@ -190,14 +190,16 @@ def log_denial(
 
 
 def log_audit_run(
-    store: Store,
+    db: Database | sqlite3.Connection,
     run: Mapping[str, Any],
     user_id: str | None = None,
     user_name: str | None = None,
 ) -> dict[str, Any]:
-    """Record one finished (or failed) audit run, from its ``audit_runs`` row.
+    """Record one finished (or failed) audit run, from its ``audit_runs`` row, inside the open
+    transaction that finished it (see :func:`append_in`).
 
-    >>> log_audit_run(store, run, user_id="U1", user_name="alice")  # doctest: +SKIP
+    >>> with store.atomic() as conn:                                     # doctest: +SKIP
+    ...     log_audit_run(conn, run, user_id="U1", user_name="alice")
     """
     detail = {
         key: run.get(key)
@@ -218,8 +220,8 @@ def log_audit_run(
             "total",
         )
     }
-    return append(
-        store,
+    return append_in(
+        db,
         "audit_run",
         user_id=user_id,
         user_name=user_name if user_name is not None else run.get("requested_by"),

@@ -12,10 +12,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import Any
 
+from storage import audit_log
 from storage.db import Store, dict_rows, iter_dicts, now_iso
 
 FULL = "full"
@@ -92,7 +94,8 @@ def finish_run(
     error: str | None = None,
     counts: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """Mark a run ``succeeded`` or ``failed`` with its counts; return the run row."""
+    """Mark a run ``succeeded`` or ``failed`` with its counts and write it to the audit log, in
+    one transaction; return the run row."""
     counts = counts or {}
     values: dict[str, Any] = {"finished_at": now_iso(), "status": status, "error": error}
     values.update({name: int(counts.get(name, 0)) for name in COUNTED})
@@ -102,12 +105,18 @@ def finish_run(
             "update audit_runs set {} where id = ?".format(", ".join(f"{k} = ?" for k in values)),
             [*values.values(), run_id],
         )
-    return get_run(store, run_id)
+        run = _run_row(conn, run_id)
+        audit_log.log_audit_run(conn, run)
+    return run
 
 
 def get_run(store: Store, run_id: int) -> dict[str, Any]:
     """The run row as a dict (raises :class:`KeyError` when there is none)."""
-    rows = dict_rows(store.conn.execute("select * from audit_runs where id = ?", [run_id]))
+    return _run_row(store.conn, run_id)
+
+
+def _run_row(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
+    rows = dict_rows(conn.execute("select * from audit_runs where id = ?", [run_id]))
     if not rows:
         raise KeyError(f"no audit run {run_id}")
     return rows[0]

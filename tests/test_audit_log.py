@@ -159,7 +159,8 @@ def test_appends_from_many_threads_keep_one_chain(db_path):
 
 def test_log_audit_run_records_the_counts(store):
     run = {"id": 7, "trigger": "cli", "scope": "full", "status": "succeeded", "warning": 2}
-    row = log_audit_run(store, run, user_name="alice")
+    with store.atomic() as conn:
+        row = log_audit_run(conn, run, user_name="alice")
     assert row["event"] == "audit_run" and row["user_name"] == "alice"
     assert json.loads(row["detail"])["warning"] == 2
 
