@@ -49,11 +49,13 @@ FULL = Scope()
 
 
 class AuditFailed(Exception):
-    """The run was recorded as failed; ``run`` is its row and the message says why."""
+    """The run was recorded as failed; ``run`` is its row and the message says why.
+    ``not_found``: a one-server check found no Exchange server of that name."""
 
-    def __init__(self, message: str, run: dict[str, Any]) -> None:
+    def __init__(self, message: str, run: dict[str, Any], not_found: bool = False) -> None:
         super().__init__(message)
         self.run = run
+        self.not_found = not_found
 
 
 class NoSuchServer(Exception):
@@ -189,8 +191,9 @@ def run_audit(
             if batch:
                 audit_store.add_targets(store, run_id, batch)
     except (DirectoryError, ConfigError, StorageError, NoSuchServer, OSError) as exc:
-        message = f"no Exchange server named {exc}" if isinstance(exc, NoSuchServer) else str(exc)
-        raise AuditFailed(message, finish("failed", message)) from exc
+        not_found = isinstance(exc, NoSuchServer)
+        message = f"no Exchange server named {exc}" if not_found else str(exc)
+        raise AuditFailed(message, finish("failed", message), not_found) from exc
     except BaseException as exc:
         # anything unexpected: still never leave the run looking like it is running or clean
         finish("failed", f"internal error: {exc.__class__.__name__}")

@@ -19,7 +19,7 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.directory import Directory, connect, sample
 from bot.logs import redact, secrets_of
 from bot.report import summary_line, table_lines, target_json, write_json
-from bot.service import close_matches
+from bot.service import StatusResult, known_state
 from storage import StorageError, Store, open_store
 from storage import audits as audit_store
 
@@ -216,14 +216,15 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
         try:
             run = _run(context, store, sample, scope=Scope("server", server))
         except AuditFailed as exc:
-            if exc.run.get("error", "").startswith("no Exchange server named"):
-                _not_found(store, server, in_directory=True)
+            if exc.not_found:
+                _not_found(known_state(store, server), in_directory=True)
             fail(f"live check {exc.run['id']} failed: {exc}")
         rows = list(audit_store.iter_run_targets(store, run["id"]))
     else:
-        rows = audit_store.current_targets(store, server)
-        if not rows:
-            _not_found(store, server)
+        known = known_state(store, server)
+        if not known.rows:
+            _not_found(known)
+        rows = known.rows
     if as_json:
         name = rows[0]["server"] if rows else server
         click.echo(
@@ -239,12 +240,12 @@ def status(context: Context, server: str, as_json: bool, live: bool, sample: boo
     sys.exit(_exit_code(rows))
 
 
-def _not_found(store: Store, server: str, in_directory: bool = False) -> NoReturn:
-    matches = close_matches(server, audit_store.known_servers(store))
-    hint = f"; did you mean {', '.join(matches)}?" if matches else ""
+def _not_found(known: StatusResult, in_directory: bool = False) -> NoReturn:
+    server = known.server
+    hint = f"; did you mean {', '.join(known.matches)}?" if known.matches else ""
     if in_directory:
         fail(f"no Exchange server named {server!r} in the directory{hint}")
-    if audit_store.latest_run(store, status="succeeded") is None:
+    if known.no_audit_yet:
         fail("no audit has succeeded yet: run `authguard audit` first")
     fail(f"no Exchange server named {server!r} in the latest audit{hint}")
 

@@ -55,12 +55,21 @@ class StatusResult:
     server: str
     rows: list[dict[str, Any]] = field(default_factory=list)
     matches: list[str] = field(default_factory=list)
-    error: str | None = None
     no_audit_yet: bool = False
 
     @property
     def found(self) -> bool:
         return bool(self.rows)
+
+
+def known_state(store: Store, server: str) -> StatusResult:
+    """``server``'s targets as the latest audits left them; when there are none, the close
+    matches among the servers the latest full audit saw, and whether any audit succeeded."""
+    result = StatusResult(server=server, rows=audit_store.current_targets(store, server))
+    if not result.rows:
+        result.no_audit_yet = audit_store.latest_run(store, status="succeeded") is None
+        result.matches = close_matches(server, audit_store.known_servers(store))
+    return result
 
 
 def close_matches(name: str, names: list[str], limit: int = 5) -> list[str]:
@@ -214,25 +223,6 @@ class Authguard:
         return audit_store.fail_interrupted_runs(self.store, cutoff.isoformat(), lease_free)
 
     # -- questions -------------------------------------------------------------------------
-    def status(
-        self,
-        server: str,
-        live: bool = False,
-        trigger: str = "chat",
-        requested_by: str | None = None,
-    ) -> StatusResult:
-        """The latest known state of ``server``'s targets (re-read first when ``live``)."""
-        result = StatusResult(server=server)
-        if live:
-            outcome = self.check(Scope("server", server), trigger, requested_by)
-            if outcome.failed and not str(outcome.run.get("error", "")).startswith(
-                "no Exchange server named"
-            ):
-                result.error = outcome.run.get("error") or "the check failed"
-                return result
-        result.rows = audit_store.current_targets(self.store, server)
-        if not result.rows:
-            if audit_store.latest_run(self.store, status="succeeded") is None:
-                result.no_audit_yet = True
-            result.matches = close_matches(server, audit_store.known_servers(self.store))
-        return result
+    def status(self, server: str) -> StatusResult:
+        """The latest known state of ``server``'s targets (see :func:`known_state`)."""
+        return known_state(self.store, server)

@@ -124,11 +124,8 @@ def status_message(
     rows: Sequence[dict[str, Any]],
     matches: Sequence[str] = (),
     no_audit_yet: bool = False,
-    error: str | None = None,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The answer to "what is the status of server EX01?"."""
-    if error:
-        return error_message(f"Could not check {esc(server, 100)}: {esc(error)}")
     if no_audit_yet:
         return error_message("No audit has succeeded yet: try `/authguard audit` first.")
     if not rows:

@@ -16,9 +16,9 @@ def who(user_id: str | None, user_name: str | None = None) -> str:
 
 
 def status_reply(services: Services, command: Command, asked_by: str) -> tuple[str, list[dict]]:
-    result = services.core.status(command.argument or "", requested_by=asked_by)
+    result = services.core.status(command.argument or "")
     return blocks.status_message(
-        command.argument or "", result.rows, result.matches, result.no_audit_yet, result.error
+        command.argument or "", result.rows, result.matches, result.no_audit_yet
     )
 
 
