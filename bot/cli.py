@@ -19,6 +19,7 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.directory import Directory, connect, sample
 from bot.logs import redact, secrets_of
 from bot.report import summary_line, table_lines, target_json, write_json
+from bot.rules import OPEN_VERDICTS
 from bot.service import StatusResult, known_state
 from storage import StorageError, Store, open_store
 from storage import audits as audit_store
@@ -100,7 +101,7 @@ def _style(verdict: str, text: str) -> str:
 def _exit_code(rows_or_run: Any) -> int:
     if isinstance(rows_or_run, dict):
         return 1 if (rows_or_run.get("warning") or rows_or_run.get("unknown")) else 0
-    return 1 if any(r["verdict"] in {"warning", "unknown"} for r in rows_or_run) else 0
+    return 1 if any(r["verdict"] in OPEN_VERDICTS for r in rows_or_run) else 0
 
 
 class _Progress:

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from typing import Any, TextIO
 
 from bot.rules import describe, reason_text
+from storage.audits import COUNTED
 
-SUMMARY_KEYS = ("warning", "ok", "exempt", "unknown", "waived")
 KIND_SHORT = {"smtp_virtual_server": "SMTP VS", "receive_connector": "Receive conn."}
 
 
@@ -50,7 +50,7 @@ def target_json(row: dict[str, Any]) -> dict[str, Any]:
 
 def summary_json(run: dict[str, Any]) -> dict[str, int]:
     """The ``summary`` object: how many targets got each verdict."""
-    return {key: int(run.get(key) or 0) for key in SUMMARY_KEYS}
+    return {key: int(run.get(key) or 0) for key in COUNTED}
 
 
 def write_json(out: TextIO, run: dict[str, Any], targets: Iterable[str]) -> None:
@@ -110,6 +110,6 @@ def table_lines(rows: Iterable[dict[str, Any]], style=None) -> Iterable[str]:
 
 def summary_line(run: dict[str, Any]) -> str:
     """``Audit 3 succeeded: 7 warning, 9 ok, 2 exempt, 1 unknown (19 targets)``."""
-    counts = ", ".join(f"{run.get(key) or 0} {key}" for key in SUMMARY_KEYS if run.get(key))
+    counts = ", ".join(f"{run.get(key) or 0} {key}" for key in COUNTED if run.get(key))
     total = run.get("total") or 0
     return f"Audit {run['id']} {run['status']}: {counts or 'no targets'} ({total} targets)"

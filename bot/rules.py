@@ -18,6 +18,7 @@ from functools import lru_cache
 
 WARNING, OK, EXEMPT, UNKNOWN, WAIVED = "warning", "ok", "exempt", "unknown", "waived"
 VERDICTS = (WARNING, UNKNOWN, WAIVED, EXEMPT, OK)  # most urgent first
+OPEN_VERDICTS = (WARNING, UNKNOWN)  # findings someone must act on (a waiver may cover them)
 SMTP_VIRTUAL_SERVER, RECEIVE_CONNECTOR = "smtp_virtual_server", "receive_connector"
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from bot.rules import OPEN_VERDICTS
 from storage import Store
 from storage import audits as audit_store
 from storage import chat as chat_store
@@ -48,7 +49,7 @@ class Summary:
 
     @property
     def open_count(self) -> int:
-        return self.counts.get("warning", 0) + self.counts.get("unknown", 0)
+        return sum(self.counts.get(verdict, 0) for verdict in OPEN_VERDICTS)
 
 
 def sparkline(values: list[int | None]) -> str:

@@ -22,14 +22,13 @@ from typing import Any
 
 from bot.config import Settings
 from bot.directory import dn_key
-from bot.rules import UNKNOWN, WAIVED, WARNING
+from bot.rules import OPEN_VERDICTS, WAIVED
 from storage import Store
 from storage import audit_log as log
 from storage import remediation as rs
 from storage import waivers as ws
 
 DEFAULT_DAYS, MAX_DAYS, MAX_REASON = 90, 365, 500
-WAIVABLE = (WARNING, UNKNOWN)
 Override = Callable[[dict[str, Any]], tuple[str, str] | None]
 
 
@@ -232,7 +231,7 @@ def waiver_override(store: Store, now: datetime | None = None) -> Override:
             by_target[waiver["target_key"]] = waiver
 
     def override(row: dict[str, Any]) -> tuple[str, str] | None:
-        if row.get("verdict") not in WAIVABLE:
+        if row.get("verdict") not in OPEN_VERDICTS:
             return None
         waiver = by_target.get(row.get("target_key") or "")
         if waiver is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from bot.rules import KINDS, RISK, describe, reason_text
+from bot.rules import KINDS, OPEN_VERDICTS, RISK, VERDICTS, describe, reason_text
 from bot.summary import Summary, sparkline
 
 MAX_TARGETS_PER_MESSAGE = 15  # 3 blocks each, well under Slack's 50 blocks a message
@@ -144,7 +144,7 @@ def status_message(
         blocks.append(section(target_lines(row) + f"\n_checked {when(row['checked_at'])}_"))
     if len(rows) > MAX_TARGETS_PER_MESSAGE:
         blocks.append(context(f"…and {len(rows) - MAX_TARGETS_PER_MESSAGE} more targets"))
-    open_count = sum(1 for r in rows if r["verdict"] in {"warning", "unknown"})
+    open_count = sum(1 for r in rows if r["verdict"] in OPEN_VERDICTS)
     return f"Status of {name}: {open_count} open finding(s)", blocks
 
 
@@ -160,9 +160,7 @@ def audit_result_message(
         text = f":rotating_light: {prefix} FAILED: {esc(run.get('error') or 'unknown error')}"
         text += "\nNothing has been reported as fixed or clear. Check the directory connection."
         return f"Audit #{run['id']} failed", [section(text)]
-    counts = ", ".join(
-        f"{run.get(k) or 0} {k}" for k in ("warning", "unknown", "waived", "exempt", "ok")
-    )
+    counts = ", ".join(f"{run.get(k) or 0} {k}" for k in VERDICTS)
     icon = ":warning:" if (run.get("warning") or run.get("unknown")) else ":white_check_mark:"
     text = f"{icon} {prefix} finished ({when(run.get('finished_at'))}): {counts}."
     return f"Audit #{run['id']} finished: {counts}", [section(text)]
@@ -286,10 +284,7 @@ def summary_blocks(summary: Summary, title: str = "authguard daily summary") -> 
     if summary.last_success is not None:
         counts = summary.counts
         label = "" if not summary.alarm else f" (from audit #{summary.last_success['id']})"
-        line = " · ".join(
-            f"{VERDICT_ICON[k]} {counts.get(k, 0)} {k}"
-            for k in ("warning", "unknown", "waived", "exempt", "ok")
-        )
+        line = " · ".join(f"{VERDICT_ICON[k]} {counts.get(k, 0)} {k}" for k in VERDICTS)
         blocks.append(section(f"*Targets by verdict{label}:* {line}"))
         if not summary.alarm and summary.open_count == 0:
             blocks.append(

@@ -30,7 +30,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.audit import Scope
-from bot.rules import describe
+from bot.rules import OPEN_VERDICTS, WAIVED, describe
 from handlers import blocks
 from storage import Store, locks
 from storage import audits as audit_store
@@ -38,8 +38,7 @@ from storage import chat as chat_store
 
 log = logging.getLogger(__name__)
 
-OPEN_VERDICTS = {"warning", "unknown"}
-SHOWN = OPEN_VERDICTS | {"waived"}  # a server's warning stays up while any target is one of these
+SHOWN = {*OPEN_VERDICTS, WAIVED}  # a server's warning stays up while any target is one of these
 NOTIFY_LOCK = "notify"
 # (server, open rows, revision) -> (buttons by target key, notes by target key)
 Decorate = Callable[[str, Sequence[dict[str, Any]], str], tuple[dict, dict]]

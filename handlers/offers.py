@@ -13,6 +13,7 @@ from typing import Any
 
 from bot import remediation
 from bot.config import Settings
+from bot.rules import OPEN_VERDICTS
 from handlers.blocks import (
     ActionId,
     Button,
@@ -72,7 +73,7 @@ class Offers:
     def _buttons(self, row: dict[str, Any]) -> tuple[list[Button], list[str]]:
         out: list[Button] = []
         lines: list[str] = []
-        if row["verdict"] in ("warning", "unknown"):
+        if row["verdict"] in OPEN_VERDICTS:
             try:
                 fix = self._request(row, remediation.FIX)
             except remediation.RequestRefused as exc:

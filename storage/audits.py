@@ -239,7 +239,8 @@ def fail_interrupted_runs(
         return cursor.rowcount
 
 
-OPEN_VERDICTS = ("warning", "unknown")
+# the verdicts that are findings (bot.rules.OPEN_VERDICTS), for the queries below
+_OPEN = "('warning', 'unknown')"
 
 
 def changes_between(store: Store, old_id: int | None, new_id: int) -> tuple[list[dict], list[dict]]:
@@ -247,10 +248,10 @@ def changes_between(store: Store, old_id: int | None, new_id: int) -> tuple[list
     run ``old_id``, and those open in ``old_id`` that are not open any more."""
     if old_id is None:
         return [], []
-    sql = """
-        select * from audit_targets a where a.audit_id = :a and a.verdict in ('warning','unknown')
+    sql = f"""
+        select * from audit_targets a where a.audit_id = :a and a.verdict in {_OPEN}
         and not exists (select 1 from audit_targets b where b.audit_id = :b
-                        and b.target_key = a.target_key and b.verdict in ('warning','unknown'))
+                        and b.target_key = a.target_key and b.verdict in {_OPEN})
         order by a.server collate nocase, a.dn
     """
     new = [dict(r) for r in store.db.query(sql, {"a": new_id, "b": old_id})]
@@ -261,18 +262,18 @@ def changes_between(store: Store, old_id: int | None, new_id: int) -> tuple[list
 def oldest_open(store: Store, run_id: int, limit: int = 5) -> list[dict]:
     """The open findings of a run that have been open longest, with ``first_seen`` (ISO time):
     the first successful full audit since which the target has been open without a break."""
-    sql = """
+    sql = f"""
         select c.*, (
           select min(r.started_at) from audit_targets t join audit_runs r on r.id = t.audit_id
           where t.target_key = c.target_key and r.scope = 'full' and r.status = 'succeeded'
-            and t.verdict in ('warning','unknown')
+            and t.verdict in {_OPEN}
             and t.audit_id > coalesce((
               select max(t2.audit_id) from audit_targets t2
               join audit_runs r2 on r2.id = t2.audit_id
               where t2.target_key = c.target_key and r2.scope = 'full' and r2.status = 'succeeded'
-                and t2.verdict not in ('warning','unknown')), 0)
+                and t2.verdict not in {_OPEN}), 0)
         ) as first_seen
-        from audit_targets c where c.audit_id = :run and c.verdict in ('warning','unknown')
+        from audit_targets c where c.audit_id = :run and c.verdict in {_OPEN}
         order by first_seen, c.server collate nocase, c.dn limit :limit
     """
     return [dict(r) for r in store.db.query(sql, {"run": run_id, "limit": limit})]
