@@ -102,7 +102,7 @@ def target_row(target: Target, exempt: str | None) -> dict[str, Any]:
         "name": target.name,
         "dn": target.dn,
         "flags": result.flags,
-        "raw_flags": list(target.raw_flags),
+        "raw_flags": target.raw_flags,
         "basic_auth": result.basic_auth,
         "tls_required": result.tls_required,
         "verdict": result.verdict,

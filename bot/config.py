@@ -17,7 +17,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from functools import lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -306,14 +306,14 @@ class Settings:
         if missing:
             raise ConfigError("missing setting: " + ", ".join(missing))
 
+    @cached_property
+    def _exempt_folded(self) -> frozenset[str]:
+        # worked out once per Settings (a frozen dataclass: the cache sits in its __dict__)
+        return frozenset(name.casefold() for name in self.exempt_servers)
+
     def is_exempt(self, server: str) -> bool:
         """True when ``server`` is listed in AUTHGUARD_EXEMPT_SERVERS (case-insensitive)."""
-        return server.casefold() in _folded(self.exempt_servers)
-
-
-@lru_cache(maxsize=8)
-def _folded(names: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(name.casefold() for name in names)
+        return server.casefold() in self._exempt_folded
 
 
 def _read_toml(path: str) -> dict[str, Any]:
