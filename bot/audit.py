@@ -22,15 +22,13 @@ from typing import Any
 from bot.config import ConfigError, Settings
 from bot.directory import Directory, DirectoryError, Target
 from bot.rules import judge
-from bot.waivers import waiver_override
+from bot.waivers import Override, waiver_override
 from storage import StorageError, Store
 from storage import audits as audit_store
 
 BATCH = 500
 OpenDirectory = Callable[[], Directory]
 Progress = Callable[[int], None]
-# (target key, judged row) -> the verdict and reason to store instead, or None; waivers use it
-Override = Callable[[dict[str, Any]], tuple[str, str] | None]
 
 
 @dataclass(frozen=True)

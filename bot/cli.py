@@ -15,6 +15,7 @@ import click
 
 from bot import __version__
 from bot.audit import FULL, AuditFailed, Scope, run_audit
+from bot.commands import MAX_SERVER_NAME
 from bot.config import ConfigError, Settings, load_settings
 from bot.directory import Directory, connect, sample
 from bot.logs import redact, secrets_of
@@ -209,8 +210,8 @@ def _whoami() -> str | None:
 def status(context: Context, server: str, as_json: bool, live: bool, sample: bool) -> None:
     """Show the latest known state of one Exchange SERVER's targets."""
     server = server.strip()
-    if not server or len(server) > 256 or not server.isprintable():
-        fail("give an Exchange server name (printable, at most 256 characters)")
+    if not server or len(server) > MAX_SERVER_NAME or not server.isprintable():
+        fail(f"give an Exchange server name (printable, at most {MAX_SERVER_NAME} characters)")
     store = context.store(sample_mode=sample)
     if live:
         # what was just read is the latest state: show it even before any full audit
@@ -335,8 +336,6 @@ def remediate() -> None:
 @pass_context
 def remediate_list(context: Context, limit: int, as_json: bool) -> None:
     """Show the most recent remediation and rollback jobs, newest first."""
-    import json
-
     from bot.rules import describe
     from storage.remediation import recent_jobs
 
@@ -439,7 +438,6 @@ def log_verify(context: Context) -> None:
 def log_export(context: Context, fmt: str, since: Any) -> None:
     """Write the audit log to stdout, oldest first, with every row's hash and prev_hash."""
     import csv
-    import json
 
     from storage.audit_log import COLUMNS, export_log
 

@@ -386,7 +386,7 @@ class Directory:
 
     def read_target(self, dn: str) -> Target | None:
         """Re-read one target by DN now, or ``None`` if it no longer exists."""
-        for entry in self.search(dn, AUDIT_FILTER, TARGET_ATTRIBUTES + ["objectClass"], scope=BASE):
+        for entry in self.search(dn, AUDIT_FILTER, TARGET_ATTRIBUTES, scope=BASE):
             attrs = _lowered(entry["attributes"])
             kind = _kind_of(attrs)
             if isinstance(kind, Kind):
@@ -466,12 +466,19 @@ def _describe(exc: BaseException) -> str:
     return text.replace("\n", " ")[:300]
 
 
+def _timed_out(exc: BaseException) -> bool:
+    return "timed out" in str(exc).lower()
+
+
+def _within(seconds: float | None) -> str:
+    return f" within {seconds:g} s" if seconds else ""
+
+
 def _timeout_hint(exc: BaseException, seconds: float | None) -> str:
     """`` (no answer within N s: AUTHGUARD_LDAP_TIMEOUT)`` when ``exc`` is a timeout."""
-    if "timed out" not in str(exc).lower():
+    if not _timed_out(exc):
         return ""
-    within = f" within {seconds:g} s" if seconds else ""
-    return f" (the directory did not answer{within}: AUTHGUARD_LDAP_TIMEOUT)"
+    return f" (the directory did not answer{_within(seconds)}: AUTHGUARD_LDAP_TIMEOUT)"
 
 
 def _connect_error(where: str, exc: BaseException, timeout: float | None = None) -> DirectoryError:
@@ -490,10 +497,10 @@ def _connect_error(where: str, exc: BaseException, timeout: float | None = None)
             f"the TLS certificate of {where} is not trusted ({why}): set AUTHGUARD_LDAP_CA_FILE "
             "to the CA certificate that issued the directory's certificate"
         )
-    if "timed out" in full.lower():
-        within = f" within {timeout:g} s" if timeout else ""
+    if _timed_out(exc):
         return DirectoryError(
-            f"the directory at {where} did not answer{within} (AUTHGUARD_LDAP_TIMEOUT): {text}"
+            f"the directory at {where} did not answer{_within(timeout)} (AUTHGUARD_LDAP_TIMEOUT): "
+            f"{text}"
         )
     return DirectoryError(f"cannot reach the directory at {where}: {text}")
 
@@ -610,16 +617,6 @@ def sample() -> Directory:
     from bot.sample import sample_connection
 
     connection = sample_connection()
-    settings = Settings()
-    config_nc, domain_nc = _naming_contexts_or_constants(connection, settings)
+    # read from the mock's RootDSE, as from a real directory's
+    config_nc, domain_nc = _naming_contexts(connection, Settings())
     return Directory(connection, config_nc, domain_nc)
-
-
-def _naming_contexts_or_constants(connection: Connection, settings: Settings) -> tuple[str, str]:
-    from bot.sample import SAMPLE_BASE, SAMPLE_CONFIG_NC
-
-    try:
-        config_nc, domain_nc = _naming_contexts(connection, settings)
-    except DirectoryError:
-        return SAMPLE_CONFIG_NC, SAMPLE_BASE
-    return config_nc, domain_nc or SAMPLE_BASE

@@ -64,15 +64,11 @@ def write_json(out: TextIO, run: dict[str, Any], targets: Iterable[str]) -> None
     out.write('],\n "summary": ' + json.dumps(summary_json(run)) + "}\n")
 
 
-def tls_text(kind: str, value: Any) -> str:
+def tls_text(value: Any) -> str:
     """``required``, ``not required`` or ``unknown`` (an SMTP virtual server does not record it)."""
     if value is None:
         return "unknown"
     return "required" if value else "not required"
-
-
-def flags_text(kind: str, flags: Any) -> str:
-    return describe(kind, flags)
 
 
 COLUMNS = ("SERVER", "KIND", "NAME", "FLAGS", "TLS", "VERDICT", "REASON")
@@ -93,8 +89,8 @@ def table_lines(rows: Iterable[dict[str, Any]], style=None) -> Iterable[str]:
             row["server"],
             KIND_SHORT.get(row["kind"], row["kind"]),
             row["name"],
-            flags_text(row["kind"], row["flags"]),
-            tls_text(row["kind"], row["tls_required"]),
+            describe(row["kind"], row["flags"]),
+            tls_text(row["tls_required"]),
             row["verdict"],
             reason_text(row["verdict"], row["reason"]),
         ]
