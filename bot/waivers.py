@@ -29,6 +29,7 @@ from storage import remediation as rs
 from storage import waivers as ws
 
 DEFAULT_DAYS, MAX_DAYS, MAX_REASON = 90, 365, 500
+# a judged row -> the verdict and reason to store instead, or None (bot.audit.run_audit)
 Override = Callable[[dict[str, Any]], tuple[str, str] | None]
 
 
