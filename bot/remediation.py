@@ -49,7 +49,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -174,7 +174,6 @@ class JobResult:
     at: str | None = None
     rolls_back_job_id: int | None = None
     error: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def dry_run(self) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -421,7 +421,7 @@ class Store:
         """``with store.atomic() as conn:`` runs the block in one IMMEDIATE transaction on the
         plain connection; a database failure becomes a :class:`StorageError` and rolls back."""
         conn = self.conn
-        with self.lock if self._shared is not None else _nolock():
+        with self.lock if self._shared is not None else nullcontext():
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
@@ -454,9 +454,10 @@ class Store:
             self._local.db = None
 
 
-@contextmanager
-def _nolock() -> Iterator[None]:
-    yield
+def database(source: Store | Database) -> Database:
+    """``source``'s sqlite-utils ``Database``: for functions that take a store, or the ``db`` of a
+    ``store.transaction()`` they run inside."""
+    return source.db if isinstance(source, Store) else source
 
 
 def open_store(path: str) -> Store:

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from storage.db import Store
+from storage.db import Store, database
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -105,7 +105,7 @@ def insert_request(db: Database, row: dict[str, Any]) -> dict[str, Any]:
 
 def get_request(store_or_db: Store | Database, request_id: str) -> dict[str, Any] | None:
     """The request row, or ``None`` for an unknown id."""
-    db = store_or_db.db if isinstance(store_or_db, Store) else store_or_db
+    db = database(store_or_db)
     rows = list(db["fix_requests"].rows_where("id = ?", [str(request_id)], limit=1))
     return rows[0] if rows else None
 
@@ -191,7 +191,7 @@ def add_approval(
 
 def list_approvals(store_or_db: Store | Database, request_id: str) -> list[dict[str, Any]]:
     """Who approved a request, oldest first."""
-    db = store_or_db.db if isinstance(store_or_db, Store) else store_or_db
+    db = database(store_or_db)
     return list(db["approvals"].rows_where("request_id = ?", [request_id], order_by="id"))
 
 
@@ -206,7 +206,7 @@ def insert_job(db: Database, row: dict[str, Any]) -> dict[str, Any]:
 
 def get_job(store_or_db: Store | Database, job_id: int) -> dict[str, Any] | None:
     """The job row, or ``None``."""
-    db = store_or_db.db if isinstance(store_or_db, Store) else store_or_db
+    db = database(store_or_db)
     rows = list(db["jobs"].rows_where("id = ?", [int(job_id)], limit=1))
     return rows[0] if rows else None
 

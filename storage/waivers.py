@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from storage.db import Store, dict_rows
+from storage.db import Store, database, dict_rows
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -46,7 +46,7 @@ def insert_waiver(db: Database, row: dict[str, Any]) -> dict[str, Any]:
 
 def get_waiver(store_or_db: Store | Database, waiver_id: int) -> dict[str, Any] | None:
     """The waiver row, or ``None``."""
-    db = store_or_db.db if isinstance(store_or_db, Store) else store_or_db
+    db = database(store_or_db)
     rows = list(db["waivers"].rows_where("id = ?", [int(waiver_id)], limit=1))
     return rows[0] if rows else None
 
