@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from slack_bolt import Ack, App, BoltContext
+from slack_bolt import Ack, App
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot import remediation, waivers
 from bot.audit import Scope
-from handlers import blocks
+from handlers import blocks, payloads
 from handlers.approvers import Approvers, require_approver
 from handlers.blocks import ActionId
 from handlers.clients import quick_client
@@ -36,26 +36,11 @@ log = logging.getLogger(__name__)
 STALE_BUTTON = "That button is no longer valid: recheck the server for fresh ones."
 
 
-def _clicker(body: dict[str, Any]) -> tuple[str | None, str | None]:
-    user = body.get("user") or {}
-    return user.get("id"), user.get("username") or user.get("name")
-
-
-def _value(body: dict[str, Any]) -> str:
-    return str((body.get("actions") or [{}])[0].get("value") or "")[:200]
-
-
 # what each approval button asks for: a click approves only a request of that action
 _BUTTON_ACTION = {
     ActionId.APPROVE_FIX.value: remediation.FIX,
     ActionId.REQUIRE_TLS.value: remediation.REQUIRE_TLS,
 }
-
-
-def _where(body: dict[str, Any]) -> tuple[str | None, str | None]:
-    container = body.get("container") or {}
-    channel = (body.get("channel") or {}).get("id") or container.get("channel_id")
-    return channel, container.get("message_ts") or (body.get("message") or {}).get("ts")
 
 
 class Clicks:
@@ -69,14 +54,7 @@ class Clicks:
     # -- replies ---------------------------------------------------------------------------
     def tell(self, body: dict[str, Any], text: str, blocks_: list | None = None) -> None:
         """An ephemeral reply to the person who clicked."""
-        channel, _ = _where(body)
-        user_id, _ = _clicker(body)
-        if not channel or not user_id:
-            return
-        try:
-            self.client.chat_postEphemeral(channel=channel, user=user_id, text=text, blocks=blocks_)
-        except (SlackApiError, SlackClientError, OSError) as exc:
-            log.warning("ephemeral reply failed: %s", exc)
+        payloads.tell(self.client, body, text, blocks_)
 
     def thread(self, server: str, text: str) -> None:
         """A reply in the thread of the server's warning message."""
@@ -101,11 +79,11 @@ class Clicks:
         return outcome.run
 
     # -- approvals -------------------------------------------------------------------------
-    def approve(self, body: dict[str, Any], context: BoltContext) -> None:
+    def approve(self, body: dict[str, Any]) -> None:
         settings, store = self.services.settings, self.services.store
-        user_id, user_name = context.get("approver") or _clicker(body)
-        request_id = _value(body)
-        action = _BUTTON_ACTION.get(str((body.get("actions") or [{}])[0].get("action_id")))
+        user_id, user_name = payloads.clicker(body)
+        request_id = payloads.request_id(body)
+        action = _BUTTON_ACTION.get(payloads.action_id(body))
         result = remediation.approve(
             settings, store, request_id, user_id, user_name, True, action=action
         )
@@ -149,7 +127,7 @@ class Clicks:
     # -- waivers and rechecks --------------------------------------------------------------
     def open_waiver(self, body: dict[str, Any]) -> None:
         """Before the ack: the trigger expires in 3 s, so one short try (a quick client)."""
-        request = rs.get_request(self.services.store, _value(body))
+        request = rs.get_request(self.services.store, payloads.request_id(body))
         if request is None:
             self.tell(body, STALE_BUTTON)
             return
@@ -159,10 +137,10 @@ class Clicks:
         except (SlackApiError, SlackClientError, OSError) as exc:
             log.warning("could not open the waiver modal: %s", exc)
 
-    def grant(self, body: dict[str, Any], context: BoltContext, reason: str, days: int) -> None:
+    def grant(self, body: dict[str, Any], reason: str, days: int) -> None:
         settings, store = self.services.settings, self.services.store
-        user_id, user_name = context.get("approver") or _clicker(body)
-        request = rs.get_request(store, body["view"].get("private_metadata") or "")
+        user_id, user_name = payloads.clicker(body)
+        request = rs.get_request(store, payloads.request_id(body))
         if request is None:
             return
         waiver = waivers.grant_waiver(
@@ -179,11 +157,11 @@ class Clicks:
         self.recheck_target(request, who(user_id, user_name))
 
     def recheck(self, body: dict[str, Any]) -> None:
-        request = rs.get_request(self.services.store, _value(body))
+        request = rs.get_request(self.services.store, payloads.request_id(body))
         if request is None:
             self.tell(body, STALE_BUTTON)
             return
-        user_id, user_name = _clicker(body)
+        user_id, user_name = payloads.clicker(body)
         run = self.recheck_target(request, who(user_id, user_name))
         if run.get("status") != "succeeded":
             self.tell(body, f"The recheck failed: {run.get('error')}")
@@ -211,8 +189,8 @@ def register(app: App, services: Services) -> None:
     def ack_now(ack: Ack) -> None:
         ack()
 
-    def approve(body: dict[str, Any], context: BoltContext) -> None:
-        clicks.approve(body, context)
+    def approve(body: dict[str, Any]) -> None:
+        clicks.approve(body)
 
     for action in (ActionId.APPROVE_FIX, ActionId.REQUIRE_TLS):
         app.action(action.value, middleware=[only_approvers])(ack=ack_now, lazy=[logged(approve)])
@@ -240,10 +218,10 @@ def register(app: App, services: Services) -> None:
             return
         ack()
 
-    def grant(body: dict[str, Any], context: BoltContext, view: dict[str, Any]) -> None:
+    def grant(body: dict[str, Any], view: dict[str, Any]) -> None:
         reason, days = _waiver_input(view)
         text, count = waivers.validate(reason, days)
-        clicks.grant(body, context, text, count)
+        clicks.grant(body, text, count)
 
     app.view(ActionId.WAIVER_MODAL.value, middleware=[only_approvers])(
         ack=ack_waiver, lazy=[logged(grant)]

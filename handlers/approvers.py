@@ -20,6 +20,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 
 from bot.config import Settings
+from handlers import payloads
 from handlers.clients import quick_client
 from storage import Store, audit_log
 from storage import remediation as rs
@@ -94,50 +95,22 @@ class Approvers:
         return None if unknown else False
 
 
-def _user(body: dict[str, Any]) -> tuple[str | None, str | None]:
-    user = body.get("user") or {}
-    return user.get("id"), user.get("username") or user.get("name")
-
-
-def _request_id(body: dict[str, Any]) -> str | None:
-    actions = body.get("actions") or []
-    if actions:
-        return actions[0].get("value")
-    view = body.get("view") or {}
-    return view.get("private_metadata") or None
-
-
-def _what(body: dict[str, Any]) -> str:
-    actions = body.get("actions") or []
-    if actions:
-        return str(actions[0].get("action_id"))
-    return str((body.get("view") or {}).get("callback_id"))
-
-
-def _tell(client: WebClient, channel: str, user_id: str, message: str) -> None:
-    try:
-        client.chat_postEphemeral(channel=channel, user=user_id, text=message)
-    except (SlackApiError, SlackClientError, OSError) as exc:
-        log.warning("could not tell %s they are not an approver: %s", user_id, exc)
-
-
 def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
     """Listener middleware: only approvers pass; others are refused, told so, and logged."""
 
     def middleware(
         body: dict[str, Any], context: BoltContext, client: WebClient, next: Callable
     ) -> BoltResponse | None:
-        user_id, user_name = _user(body)
+        user_id, user_name = payloads.clicker(body)
         allowed = approvers.allows(user_id) if approvers.configured else False
         if allowed:
-            context["approver"] = (user_id, user_name)
             next()
             return None
         if not approvers.configured:
             message = NO_APPROVERS
         else:
             message = NOT_APPROVER if allowed is False else CANNOT_CHECK
-        request_id = _request_id(body)
+        request_id = payloads.request_id(body)
         request = rs.get_request(store, request_id) if request_id else None
         audit_log.log_denial(
             store,
@@ -145,8 +118,8 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
             user_name=user_name,
             reason=message,
             request=request,
-            request_id=request_id,
-            action=_what(body),
+            request_id=request_id or None,
+            action=payloads.action_id(body),
             known_request=bool(request),
         )
         if body.get("type") == "view_submission":
@@ -156,14 +129,10 @@ def require_approver(approvers: Approvers, store: Store) -> Callable[..., None]:
                 body=json.dumps(errors),
                 headers={"content-type": "application/json;charset=utf-8"},
             )
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
-            "channel_id"
-        )
-        if channel and user_id:
-            # told on a thread of its own: a slow or rate-limited Slack must not hold the ack
-            threading.Thread(
-                target=_tell, args=(client, channel, user_id, message), name="refusal", daemon=True
-            ).start()
+        # told on a thread of its own: a slow or rate-limited Slack must not hold the ack
+        threading.Thread(
+            target=payloads.tell, args=(client, body, message), name="refusal", daemon=True
+        ).start()
         return BoltResponse(status=200, body="")  # acknowledged; the listener does not run
 
     return middleware
