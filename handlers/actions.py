@@ -61,17 +61,11 @@ class Clicks:
         kept = chat_store.get_warning(self.services.store, server)
         if not kept or not kept.get("ts"):
             return
-        if self.services.notifier is not None:  # kept and re-sent if Slack fails: never lost
-            self.services.notifier.say(kept["channel"], text, thread_ts=kept["ts"])
-            return
-        try:
-            self.client.chat_postMessage(channel=kept["channel"], thread_ts=kept["ts"], text=text)
-        except (SlackApiError, SlackClientError, OSError) as exc:
-            log.warning("thread reply failed: %s", exc)
+        # kept and re-sent if Slack fails: never lost
+        self.services.notifier.say(kept["channel"], text, thread_ts=kept["ts"])
 
     def redraw(self, server: str) -> None:
-        if self.services.notifier is not None:
-            self.services.notifier.refresh(server)
+        self.services.notifier.refresh(server)
 
     def recheck_target(self, request: dict[str, Any], asked_by: str) -> dict[str, Any]:
         outcome = self.services.core.check(Scope("target", request["dn"]), "chat", asked_by)

@@ -129,8 +129,10 @@ class Runtime:
         )
         for result in results:
             log.warning("reconciled job %s: %s", result.job_id, result.message)
-            if result.server:
-                self.notifier.refresh(result.server)
+        # once per server, and not while the directory cannot say what happened
+        settled = {r.server for r in results if r.outcome != remediation.UNAVAILABLE}
+        for server in settled - {None, ""}:
+            self.notifier.refresh(server)
         return results
 
     def http(self, host: str, port: int) -> Any:

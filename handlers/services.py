@@ -20,4 +20,4 @@ class Services:
     settings: Settings
     store: Store
     core: Authguard
-    notifier: Notifier | None = None
+    notifier: Notifier
