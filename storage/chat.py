@@ -37,12 +37,13 @@ def all_warnings(store: Store, states: tuple[str, ...] = (OPEN, PENDING)) -> dic
 
 def save_warning(store: Store, server: str, **values: Any) -> None:
     """Create or update the warning row of ``server`` with ``values`` (upsert)."""
-    existing = get_warning(store, server)
-    record = {"server": existing["server"] if existing else server, "updated_at": now_iso()}
-    record.update(values)
-    if not existing:
-        record.setdefault("posted_at", now_iso())
-    with store.transaction() as db:
+    stamp = now_iso()
+    with store.transaction() as db:  # read and write in one transaction
+        existing = get_warning(store, server)
+        record = {"server": existing["server"] if existing else server, "updated_at": stamp}
+        record.update(values)
+        if not existing:
+            record.setdefault("posted_at", stamp)
         db["warning_messages"].upsert(record, pk="server")
 
 

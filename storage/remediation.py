@@ -152,12 +152,26 @@ def move_request(
     This is the atomic claim: ``UPDATE ... WHERE status IN (...)`` inside an IMMEDIATE
     transaction, so of two racing callers exactly one sees ``True``.
     """
-    statuses = list(from_statuses)
-    sets = ", ".join(["status = ?"] + [f"[{name}] = ?" for name in fields])
-    marks = ", ".join("?" for _ in statuses)
+    return _move(db, "fix_requests", "status", request_id, from_statuses, to_status, fields)
+
+
+def _move(
+    db: Database,
+    table: str,
+    column: str,
+    row_id: Any,
+    from_values: Iterable[str],
+    to_value: str,
+    fields: dict[str, Any],
+) -> bool:
+    """``UPDATE table SET column = to_value, fields... WHERE id = row_id AND column IN (...)``;
+    True when the row moved."""
+    values = list(from_values)
+    sets = ", ".join([f"{column} = ?"] + [f"[{name}] = ?" for name in fields])
+    marks = ", ".join("?" for _ in values)
     cursor = db.execute(
-        f"update fix_requests set {sets} where id = ? and status in ({marks})",
-        [to_status, *fields.values(), request_id, *statuses],
+        f"update {table} set {sets} where id = ? and {column} in ({marks})",
+        [to_value, *fields.values(), row_id, *values],
     )
     return cursor.rowcount == 1
 
@@ -219,14 +233,7 @@ def move_job(
     Every transition is guarded like this, so a job finished by start-up reconciliation is never
     overwritten by a late original process, nor the other way round.
     """
-    states = list(from_states)
-    sets = ", ".join(["state = ?"] + [f"[{name}] = ?" for name in fields])
-    marks = ", ".join("?" for _ in states)
-    cursor = db.execute(
-        f"update jobs set {sets} where id = ? and state in ({marks})",
-        [to_state, *fields.values(), int(job_id), *states],
-    )
-    return cursor.rowcount == 1
+    return _move(db, "jobs", "state", int(job_id), from_states, to_state, fields)
 
 
 def note_job_error(db: Database, job_id: int, error: str) -> None:
