@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -189,7 +189,6 @@ class Option:
     section: str
     key: str
     parse: Callable[[Any], Any]
-    default: Any = None
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -197,48 +196,33 @@ OPTIONS: tuple[Option, ...] = (
     Option("ldap_bind_dn", "AUTHGUARD_LDAP_BIND_DN", "ldap", "bind_dn", _text),
     Option("ldap_password", "AUTHGUARD_LDAP_PASSWORD", "ldap", "password", _secret),
     Option("ldap_password_file", "AUTHGUARD_LDAP_PASSWORD_FILE", "ldap", "password_file", _file),
-    Option("ldap_starttls", "AUTHGUARD_LDAP_STARTTLS", "ldap", "starttls", _bool, False),
+    Option("ldap_starttls", "AUTHGUARD_LDAP_STARTTLS", "ldap", "starttls", _bool),
     Option("ldap_ca_file", "AUTHGUARD_LDAP_CA_FILE", "ldap", "ca_file", _file),
     Option("ldap_tls_name", "AUTHGUARD_LDAP_TLS_NAME", "ldap", "tls_name", _text),
     Option(
-        "ldap_allow_plaintext",
-        "AUTHGUARD_LDAP_ALLOW_PLAINTEXT",
-        "ldap",
-        "allow_plaintext",
-        _bool,
-        False,
+        "ldap_allow_plaintext", "AUTHGUARD_LDAP_ALLOW_PLAINTEXT", "ldap", "allow_plaintext", _bool
     ),
     Option("ldap_base", "AUTHGUARD_LDAP_BASE", "ldap", "base", _text),
     Option("ldap_domain_base", "AUTHGUARD_LDAP_DOMAIN_BASE", "ldap", "domain_base", _text),
-    Option("ldap_timeout", "AUTHGUARD_LDAP_TIMEOUT", "ldap", "timeout", _float_positive, 15.0),
-    Option("db", "AUTHGUARD_DB", "storage", "db", _text, "authguard.db"),
-    Option("keep_days", "AUTHGUARD_KEEP_DAYS", "storage", "keep_days", _int_range(7, 3650), 180),
-    Option("exempt_servers", "AUTHGUARD_EXEMPT_SERVERS", "audit", "exempt_servers", _name_list, ()),
+    Option("ldap_timeout", "AUTHGUARD_LDAP_TIMEOUT", "ldap", "timeout", _float_positive),
+    Option("db", "AUTHGUARD_DB", "storage", "db", _text),
+    Option("keep_days", "AUTHGUARD_KEEP_DAYS", "storage", "keep_days", _int_range(7, 3650)),
+    Option("exempt_servers", "AUTHGUARD_EXEMPT_SERVERS", "audit", "exempt_servers", _name_list),
     Option("slack_bot_token", "SLACK_BOT_TOKEN", "slack", "bot_token", _secret),
     Option("slack_app_token", "SLACK_APP_TOKEN", "slack", "app_token", _secret),
     Option("slack_signing_secret", "SLACK_SIGNING_SECRET", "slack", "signing_secret", _secret),
     Option("slack_channel", "AUTHGUARD_SLACK_CHANNEL", "slack", "channel", _channel),
-    Option(
-        "slack_api_url",
-        "AUTHGUARD_SLACK_API_URL",
-        "slack",
-        "api_url",
-        _http_url,
-        "https://slack.com/api/",
-    ),
-    Option("audit_schedule", "AUTHGUARD_AUDIT_SCHEDULE", "schedule", "audit", _cron, "0 6 * * *"),
-    Option(
-        "summary_schedule", "AUTHGUARD_SUMMARY_SCHEDULE", "schedule", "summary", _cron, "0 9 * * *"
-    ),
-    Option("timezone", "AUTHGUARD_TIMEZONE", "schedule", "timezone", _timezone, "UTC"),
-    Option("approvers", "AUTHGUARD_APPROVERS", "approvals", "approvers", _slack_ids, ()),
+    Option("slack_api_url", "AUTHGUARD_SLACK_API_URL", "slack", "api_url", _http_url),
+    Option("audit_schedule", "AUTHGUARD_AUDIT_SCHEDULE", "schedule", "audit", _cron),
+    Option("summary_schedule", "AUTHGUARD_SUMMARY_SCHEDULE", "schedule", "summary", _cron),
+    Option("timezone", "AUTHGUARD_TIMEZONE", "schedule", "timezone", _timezone),
+    Option("approvers", "AUTHGUARD_APPROVERS", "approvals", "approvers", _slack_ids),
     Option(
         "approvals_required",
         "AUTHGUARD_APPROVALS_REQUIRED",
         "approvals",
         "required",
         _int_range(1, 5),
-        1,
     ),
     Option(
         "approval_ttl_hours",
@@ -246,9 +230,8 @@ OPTIONS: tuple[Option, ...] = (
         "approvals",
         "ttl_hours",
         _int_range(1, 24 * 30),
-        72,
     ),
-    Option("remediation_mode", "AUTHGUARD_REMEDIATION_MODE", "remediation", "mode", _mode, "live"),
+    Option("remediation_mode", "AUTHGUARD_REMEDIATION_MODE", "remediation", "mode", _mode),
 )
 
 OPTIONS_BY_NAME = {option.name: option for option in OPTIONS}
@@ -364,11 +347,9 @@ def load_settings(
             except ValueError as exc:
                 raise ConfigError(f"{source}: {exc}") from None
             explicit.add(option.name)
-        else:
-            values[option.name] = option.default
-    if values["ldap_password"] and values["ldap_password_file"]:
+    # a setting not given anywhere keeps the default written on Settings
+    if values.get("ldap_password") and values.get("ldap_password_file"):
         raise ConfigError(
             "AUTHGUARD_LDAP_PASSWORD and AUTHGUARD_LDAP_PASSWORD_FILE are both set: keep one"
         )
-    known = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in known}, explicit=frozenset(explicit))
+    return Settings(**values, explicit=frozenset(explicit))
