@@ -347,39 +347,31 @@ def _rich_text(text: str) -> list[dict]:
     ]
 
 
+def _message_event(kind: str, text: str, user: str, channel: str, ts: str | None) -> dict:
+    ts = ts or _now_ts()
+    return {
+        "type": kind,
+        "client_msg_id": f"00000000-0000-4000-8000-{_unique():012d}",
+        "text": text,
+        "user": user,
+        "ts": ts,
+        "blocks": _rich_text(text),
+        "team": TEAM_ID,
+        "channel": channel,
+        "event_ts": ts,
+    }
+
+
 def app_mention_event(
     text: str, user: str = "U1", channel: str = "C1", ts: str | None = None
 ) -> dict:
     """``app_mention`` event; ``text`` should normally start with ``<@UBOT>``."""
-    ts = ts or _now_ts()
-    return {
-        "type": "app_mention",
-        "client_msg_id": f"00000000-0000-4000-8000-{_unique():012d}",
-        "text": text,
-        "user": user,
-        "ts": ts,
-        "blocks": _rich_text(text),
-        "team": TEAM_ID,
-        "channel": channel,
-        "event_ts": ts,
-    }
+    return _message_event("app_mention", text, user, channel, ts)
 
 
 def dm_event(text: str, user: str = "U1", channel: str = "D1", ts: str | None = None) -> dict:
     """``message.im`` event (type ``message``, channel_type ``im``)."""
-    ts = ts or _now_ts()
-    return {
-        "type": "message",
-        "client_msg_id": f"00000000-0000-4000-8000-{_unique():012d}",
-        "text": text,
-        "user": user,
-        "ts": ts,
-        "blocks": _rich_text(text),
-        "team": TEAM_ID,
-        "channel": channel,
-        "event_ts": ts,
-        "channel_type": "im",
-    }
+    return {**_message_event("message", text, user, channel, ts), "channel_type": "im"}
 
 
 def app_home_opened_event(user: str, channel: str = "D1", tab: str = "home") -> dict:
