@@ -740,18 +740,12 @@ def _claim(
                 f"This change has {len(approvals)} of {_required(settings, request)} approvals.",
                 **base,
             )
-        busy = rs.unfinished_job_for_target(db, request["target_key"])
-        if busy is not None:
-            raise _refuse(
-                BUSY,
-                f"Job {busy['id']} on this target has not finished; try again when it has.",
-                **base,
-            )
         job = _insert_claimed_job(
             db,
             settings,
             actor,
             stamp,
+            base,
             request_id=request["id"],
             kind="fix",
             target_key=request["target_key"],
@@ -782,9 +776,18 @@ def _claim(
 
 
 def _insert_claimed_job(
-    db: Any, settings: Settings, actor: Actor, stamp: str, **fields: Any
+    db: Any, settings: Settings, actor: Actor, stamp: str, base: dict[str, Any], **fields: Any
 ) -> dict[str, Any]:
-    """Insert a job in state ``claimed`` for this process and mark it in flight here."""
+    """Insert a job in state ``claimed`` for this process and mark it in flight here; refused
+    while another job on the same target has not finished (one job per target at a time:
+    ``busy``, or ``already_running`` for a rollback behind another rollback)."""
+    busy = rs.unfinished_job_for_target(db, fields["target_key"])
+    if busy is not None:
+        raise _refuse(
+            BUSY if fields["kind"] == "fix" or busy.get("kind") == "fix" else ALREADY_RUNNING,
+            f"Job {busy['id']} on this target has not finished; try again when it has.",
+            **base,
+        )
     job = rs.insert_job(
         db,
         {
@@ -1240,18 +1243,12 @@ def _claim_rollback(
                     f"Job {job_id} was already rolled back by job {earlier['id']}.",
                     **base,
                 )
-        busy = rs.unfinished_job_for_target(db, original["target_key"])
-        if busy is not None:
-            raise _refuse(
-                BUSY if busy.get("kind") == "fix" else ALREADY_RUNNING,
-                f"Job {busy['id']} on this target has not finished; try again when it has.",
-                **base,
-            )
         job = _insert_claimed_job(
             db,
             settings,
             actor,
             stamp,
+            base,
             request_id=original["request_id"],
             kind="rollback",
             target_key=original["target_key"],
